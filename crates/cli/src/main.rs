@@ -1,0 +1,357 @@
+//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`.
+
+mod client;
+mod fleet;
+mod jsonl;
+mod summary;
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rewardfleet_core::config::{Config, ConfigError};
+use rewardfleet_gateway::Gateway;
+use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
+use tokio_util::sync::CancellationToken;
+
+/// A distributed fleet of workers that scores candidate responses for reinforcement learning.
+#[derive(Parser)]
+#[command(name = "rewardfleet", version, about)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax); `RUST_LOG` works too. Default: `warn` for
+    /// `score` and `check`, `info` for the fleet's processes.
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scores a JSONL file: in this process (embedded mode), or through a gateway.
+    Score(ScoreArgs),
+    /// Runs the trainer-facing gRPC gateway (with an embedded worker when the config has no [nats]).
+    Gateway(ConfigArg),
+    /// Runs a worker: pulls jobs from NATS JetStream and scores them.
+    Worker(ConfigArg),
+    /// Validates a configuration and says exactly what is wrong and where.
+    Check(ConfigArg),
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// The configuration file; default: ./rewardfleet.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Profile for every candidate; default: the configuration's default profile.
+    #[arg(long, short)]
+    profile: Option<String>,
+    /// A gateway URL (http://host:port); without it the file is scored in this process.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Output file; default: standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Candidates per batch sent to the gateway (whole groups).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Unresolved candidates at most (the session window); 0: the gateway's default.
+    #[arg(long, default_value_t = 0)]
+    window: u32,
+    /// The JSONL input file.
+    input: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Gateway(_) | Command::Worker(_) => "warn,rewardfleet=info",
+        Command::Score(_) | Command::Check(_) => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Score(args) => score(args).await,
+            Command::Gateway(args) => gateway(&args.config).await,
+            Command::Worker(args) => worker(&args.config).await,
+            Command::Check(args) => check(&args.config),
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(problems)) => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.len());
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let problems = fleet::check(&config);
+    if problems.is_empty() {
+        let mode = if config.is_embedded() {
+            "embedded"
+        } else {
+            "NATS JetStream"
+        };
+        println!(
+            "{}: ok ({mode} mode; profiles: {})",
+            path.display(),
+            config.profile_names().join(", ")
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}: {} problem(s):", path.display(), problems.len());
+        for p in problems {
+            eprintln!("  - {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let input = std::fs::File::open(&args.input)
+        .with_context(|| format!("cannot open {}", args.input.display()))?;
+    let mut candidates = Vec::new();
+    let mut outputs: Vec<Option<jsonl::OutputLine>> = Vec::new();
+    let mut position = std::collections::HashMap::new();
+    for (i, line) in BufReader::new(input).split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", args.input.display()))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match jsonl::parse_line(i + 1, &line) {
+            Ok(c) if position.contains_key(&c.id) => {
+                let e = jsonl::LineError {
+                    line: i + 1,
+                    id: Some(c.id.clone()),
+                    message: format!("duplicate id {:?}; ids must be unique in a file", c.id),
+                };
+                outputs.push(Some(e.to_output()));
+            }
+            Ok(c) => {
+                position.insert(c.id.clone(), outputs.len());
+                outputs.push(None);
+                candidates.push(c);
+            }
+            Err(e) => outputs.push(Some(e.to_output())),
+        }
+    }
+    let total = candidates.len();
+    let mut judges = None;
+
+    let mut transport = match &args.gateway {
+        Some(url) => client::Transport::Remote(
+            RewardServiceClient::connect(url.clone())
+                .await
+                .with_context(|| format!("cannot reach the gateway at {url}"))?
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        ),
+        None => {
+            let path = args
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("rewardfleet.toml"));
+            if !path.exists() {
+                bail!(
+                    "no configuration: pass --config FILE (examples/fleet.toml is one), or --gateway URL"
+                );
+            }
+            let mut config = load_config(&path)?;
+            config.nats = None;
+            let embedded = fleet::Embedded::start(&config).await?;
+            judges = embedded.judges.clone();
+            client::Transport::Embedded(embedded.gateway.clone())
+        }
+    };
+
+    let submission = client::Submission {
+        session_id: format!("cli-{:016x}", rand::random::<u64>()),
+        profile: args.profile.clone().unwrap_or_default(),
+        window: args.window,
+        batches: client::batches(candidates, args.batch_size.max(1)),
+    };
+    let progress = indicatif::ProgressBar::new(total as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    client::run(&mut transport, &submission, |reward| {
+        if let Some(&i) = position.get(&reward.candidate_id) {
+            outputs[i] = Some(jsonl::output(&reward));
+        }
+        progress.inc(1);
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+    progress.finish_and_clear();
+
+    let mut summary = summary::Summary::default();
+    let sink: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = BufWriter::new(sink);
+    for line in outputs.into_iter().flatten() {
+        summary.add(&line);
+        serde_json::to_writer(&mut sink, &line)?;
+        sink.write_all(b"\n")?;
+    }
+    sink.flush()?;
+    summary.finish(started.elapsed());
+    if let Some(judges) = &judges {
+        summary.judges(judges.usage());
+    }
+    eprint!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gateway(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    let shutdown = shutdown_signal();
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let (gateway, embedded) = if config.is_embedded() {
+        let embedded = fleet::Embedded::start(&config).await?;
+        (embedded.gateway.clone(), Some(embedded))
+    } else {
+        let queue = fleet::connect(&config, "gateway").await?;
+        // Jobs whose workers all crashed get FAILED results (every gateway may run this).
+        tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
+        (Gateway::new(&config, std::sync::Arc::new(queue)), None)
+    };
+    tracing::info!(%addr, embedded = embedded.is_some(), "gateway listening");
+    println!("rewardfleet gateway listening on {addr}");
+    rewardfleet_gateway::serve(
+        gateway,
+        listener,
+        shutdown.clone(),
+        config.gateway.drain_timeout,
+    )
+    .await
+    .context("gateway transport failed")?;
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load_config(path)?;
+    if config.is_embedded() {
+        bail!(
+            "{}: a worker needs [nats]; without it, `rewardfleet gateway` runs the worker in-process",
+            path.display()
+        );
+    }
+    let shutdown = shutdown_signal();
+    let stats = std::sync::Arc::new(rewardfleet_worker::WorkerStats::default());
+    if let Some(addr) = &config.worker.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("worker.health_listen: cannot listen on {addr}"))?;
+        tokio::spawn(rewardfleet_worker::serve_health(
+            listener,
+            std::sync::Arc::clone(&stats),
+            shutdown.child_token(),
+        ));
+    }
+    // Not ready until the queue is reachable and the models are loaded and warm.
+    let queue = fleet::connect(&config, "worker").await?;
+    let scorers = fleet::scorers(&config, Some(queue.client())).await?;
+    let queue = std::sync::Arc::new(queue);
+    let name =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
+    let worker = rewardfleet_worker::Worker::with_stats(
+        queue,
+        scorers.pipeline,
+        config.worker.clone(),
+        name,
+        stats,
+    );
+    println!(
+        "rewardfleet worker pulling from pool {:?}",
+        config.worker.pool
+    );
+    worker.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fires on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        fire.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal: draining");
+        fire.cancel();
+    });
+    token
+}

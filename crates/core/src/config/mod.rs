@@ -1,0 +1,468 @@
+//! The one TOML configuration file: typed, documented, validated with the key path of every problem.
+//!
+//! Unknown keys are errors. Secrets never live here: only the name of an environment variable or
+//! the path of a file that holds them.
+
+mod judge;
+mod model;
+mod profile;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use judge::{JudgeConfig, SamplingConfig};
+pub use model::{ModelConfig, ModelKind, Pooling, TruncationSide};
+pub use profile::{ComponentConfig, NormalizeKind, OnFailure, ProfileConfig};
+
+use crate::input::Limits;
+use crate::job::JobBounds;
+
+/// The whole configuration of a gateway, a worker or an embedded process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// NATS JetStream; absent means embedded mode (one process, in-process queue).
+    pub nats: Option<NatsConfig>,
+    /// The trainer-facing gateway.
+    pub gateway: GatewayConfig,
+    /// Input limits, enforced by the gateway with errors that name them.
+    pub limits: Limits,
+    /// How the gateway cuts batches into jobs.
+    pub jobs: JobBounds,
+    /// Worker capacity and delivery policy.
+    pub worker: WorkerConfig,
+    /// Local reward models (TorchScript + tokenizer.json).
+    pub model: Vec<ModelConfig>,
+    /// Remote LLM judges (OpenAI-compatible chat completions).
+    pub judge: Vec<JudgeConfig>,
+    /// The judges' verdict cache.
+    pub judge_cache: JudgeCacheConfig,
+    /// Named profiles: how a trainer's candidates are scored.
+    pub profile: BTreeMap<String, ProfileConfig>,
+    /// Relative paths in the file (models, rubrics, schemas) are resolved against this directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Where NATS is and how the fleet's streams are laid out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Environment variable holding a token, if the server needs one.
+    pub token_env: Option<String>,
+    /// A `.creds` file, if the server needs one.
+    pub credentials_file: Option<PathBuf>,
+    /// The stream that carries jobs (work-queue retention).
+    pub jobs_stream: String,
+    /// The stream that carries results (limits retention, kept `results_max_age` for resume).
+    pub results_stream: String,
+    /// Subject prefix: jobs go to `<prefix>.jobs.<pool>`, results to `<prefix>.results.<session>`.
+    pub subject_prefix: String,
+    /// JetStream dedup window; keep it above `ack_wait × max_deliver`.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How long results stay available for a resuming session.
+    #[serde(with = "humantime_serde")]
+    pub results_max_age: Duration,
+    /// Stream replicas (1 for a single server, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            token_env: None,
+            credentials_file: None,
+            jobs_stream: "RF_JOBS".into(),
+            results_stream: "RF_RESULTS".into(),
+            subject_prefix: "rf".into(),
+            duplicate_window: Duration::from_secs(600),
+            results_max_age: Duration::from_secs(3600),
+            replicas: 1,
+        }
+    }
+}
+
+/// The trainer-facing gRPC gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// Window of a session that asks for none: unresolved candidates at most.
+    pub max_in_flight: u32,
+    /// The largest window a session may ask for.
+    pub max_window: u32,
+    /// Profile of sessions and batches that name none.
+    pub default_profile: Option<String>,
+    /// Shutdown: how long open streams may take to finish before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            max_in_flight: 1024,
+            max_window: 65_536,
+            default_profile: None,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Worker capacity and JetStream delivery policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// The pool this worker pulls from (`<prefix>.jobs.<pool>`); one durable consumer per pool.
+    pub pool: String,
+    /// Jobs scored at once by this worker: admission, not buffering.
+    pub max_concurrent_jobs: usize,
+    /// Unacknowledged jobs across all workers of the pool (JetStream `max_ack_pending`).
+    pub max_ack_pending: i64,
+    /// How long a job may stay unacknowledged before it is delivered again.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Deliveries before a job gets FAILED rewards instead of another try.
+    pub max_deliver: i64,
+    /// Delay before a job that failed for a passing reason is delivered again.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Shutdown: how long in-flight jobs may take to finish (keep below Kubernetes' grace period).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Capacity of the in-process job queue in embedded mode.
+    pub embedded_queue: usize,
+    /// Address of the HTTP probes (`/livez`, `/readyz`); none: no probes.
+    pub health_listen: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            pool: "default".into(),
+            max_concurrent_jobs: 16,
+            max_ack_pending: 1024,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            retry_delay: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(25),
+            embedded_queue: 256,
+            health_listen: None,
+        }
+    }
+}
+
+/// The judges' verdict cache: content-addressed, so a repeated (judge, prompt, response,
+/// reference) skips the call. In memory in embedded mode, a NATS KV bucket shared by the fleet
+/// otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JudgeCacheConfig {
+    /// Whether verdicts are cached at all.
+    pub enabled: bool,
+    /// Entries of the in-memory cache (embedded mode), at most.
+    pub memory_capacity: usize,
+    /// The KV bucket (fleet mode).
+    pub kv_bucket: String,
+    /// How long a verdict stays.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for JudgeCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            memory_capacity: 100_000,
+            kv_bucket: "RF_JUDGE_CACHE".into(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One thing wrong with a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Key path, e.g. `profile.helpful.components[1].weight`.
+    pub path: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type.
+    #[error("{0}")]
+    Syntax(String),
+    /// The file parsed, but these things are wrong.
+    #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    /// Reads and validates a configuration file; relative paths inside it are resolved against
+    /// the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] if the file cannot be read, [`ConfigError::Syntax`] if it is not valid
+    /// TOML of the right shape, [`ConfigError::Invalid`] listing every problem otherwise.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax(m) => ConfigError::Syntax(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text and reports every unknown key; does not validate values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] for malformed TOML or wrong types, [`ConfigError::Invalid`] for
+    /// unknown keys.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config = serde_ignored::deserialize(de, |path| {
+            unknown.push(ConfigProblem::new(
+                path.to_string(),
+                "unknown key (see the configuration reference in README.md)",
+            ));
+        })
+        .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        if unknown.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(unknown))
+        }
+    }
+
+    /// Parses and validates TOML text (paths relative to the working directory).
+    ///
+    /// # Errors
+    /// As [`Config::parse`], then [`ConfigError::Invalid`] with every problem found.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config = Self::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and cross-reference; returns all problems at once.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every problem of this configuration (empty when it is valid).
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        if let Some(nats) = &self.nats {
+            if nats.url.trim().is_empty() {
+                p.push(ConfigProblem::new("nats.url", "must not be empty"));
+            }
+            for (key, value) in [
+                ("nats.jobs_stream", &nats.jobs_stream),
+                ("nats.results_stream", &nats.results_stream),
+                ("nats.subject_prefix", &nats.subject_prefix),
+            ] {
+                if !is_nats_token(value) {
+                    p.push(ConfigProblem::new(
+                        key,
+                        format!("{value:?} is not allowed; use letters, digits, '-' and '_'"),
+                    ));
+                }
+            }
+            if nats.replicas == 0 || nats.replicas > 5 {
+                p.push(ConfigProblem::new("nats.replicas", "must be 1 to 5"));
+            }
+            let horizon = self.worker.ack_wait * self.worker.max_deliver.max(1) as u32;
+            if nats.duplicate_window < horizon {
+                p.push(ConfigProblem::new(
+                    "nats.duplicate_window",
+                    format!(
+                        "{} is shorter than worker.ack_wait × worker.max_deliver ({}); duplicates could slip through",
+                        humantime::format_duration(nats.duplicate_window),
+                        humantime::format_duration(horizon)
+                    ),
+                ));
+            }
+        }
+        if self.gateway.max_in_flight == 0 {
+            p.push(ConfigProblem::new(
+                "gateway.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if self.gateway.max_window < self.gateway.max_in_flight {
+            p.push(ConfigProblem::new(
+                "gateway.max_window",
+                "must be at least gateway.max_in_flight",
+            ));
+        }
+        if let Some(name) = &self.gateway.default_profile
+            && !self.profile.contains_key(name)
+        {
+            p.push(ConfigProblem::new(
+                "gateway.default_profile",
+                format!(
+                    "unknown profile {name:?}; known: {}",
+                    self.profile_names().join(", ")
+                ),
+            ));
+        }
+        self.limits.problems("limits", &mut p);
+        self.jobs.problems("jobs", &self.limits, &mut p);
+        if !is_nats_token(&self.worker.pool) {
+            p.push(ConfigProblem::new(
+                "worker.pool",
+                "use letters, digits, '-' and '_'",
+            ));
+        }
+        if self.worker.max_concurrent_jobs == 0 {
+            p.push(ConfigProblem::new(
+                "worker.max_concurrent_jobs",
+                "must be at least 1",
+            ));
+        }
+        if self.worker.max_ack_pending < 1 {
+            p.push(ConfigProblem::new(
+                "worker.max_ack_pending",
+                "must be at least 1",
+            ));
+        }
+        if self.worker.max_deliver < 1 {
+            p.push(ConfigProblem::new(
+                "worker.max_deliver",
+                "must be at least 1",
+            ));
+        }
+        if self.worker.ack_wait < Duration::from_secs(1) {
+            p.push(ConfigProblem::new("worker.ack_wait", "must be at least 1s"));
+        }
+        if self.judge_cache.enabled && self.judge_cache.memory_capacity == 0 {
+            p.push(ConfigProblem::new(
+                "judge_cache.memory_capacity",
+                "must be at least 1",
+            ));
+        }
+        if !is_nats_token(&self.judge_cache.kv_bucket) {
+            p.push(ConfigProblem::new(
+                "judge_cache.kv_bucket",
+                "use letters, digits, '-' and '_'",
+            ));
+        }
+        if self.worker.embedded_queue == 0 {
+            p.push(ConfigProblem::new(
+                "worker.embedded_queue",
+                "must be at least 1",
+            ));
+        }
+
+        let mut scorer_names: BTreeMap<&str, String> = BTreeMap::new();
+        for (i, model) in self.model.iter().enumerate() {
+            let path = format!("model[{i}]");
+            model.problems(&path, &self.base_dir, &mut p);
+            if let Some(first) = scorer_names.insert(&model.name, path.clone()) {
+                p.push(ConfigProblem::new(
+                    format!("{path}.name"),
+                    format!("{:?} is already the name of {first}", model.name),
+                ));
+            }
+        }
+        for (i, judge) in self.judge.iter().enumerate() {
+            let path = format!("judge[{i}]");
+            judge.problems(&path, &mut p);
+            if let Some(first) = scorer_names.insert(&judge.name, path.clone()) {
+                p.push(ConfigProblem::new(
+                    format!("{path}.name"),
+                    format!("{:?} is already the name of {first}", judge.name),
+                ));
+            }
+        }
+        if self.profile.is_empty() {
+            p.push(ConfigProblem::new(
+                "profile",
+                "no profile is defined; add at least one [profile.NAME] table",
+            ));
+        }
+        for (name, profile) in &self.profile {
+            profile.problems(&format!("profile.{name}"), self, &mut p);
+        }
+        p
+    }
+
+    /// Names of the profiles, sorted.
+    pub fn profile_names(&self) -> Vec<String> {
+        self.profile.keys().cloned().collect()
+    }
+
+    /// Resolves a path from the file against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// Whether the fleet runs in one process (no `[nats]`).
+    pub fn is_embedded(&self) -> bool {
+        self.nats.is_none()
+    }
+}
+
+fn is_nats_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests;

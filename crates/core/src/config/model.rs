@@ -1,0 +1,315 @@
+//! `[[model]]`: a local reward model, TorchScript plus a Hugging Face `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigProblem;
+
+/// A local reward model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelConfig {
+    /// Name used by profile components (`scorer = "rm"`).
+    pub name: String,
+    /// The TorchScript file.
+    pub path: PathBuf,
+    /// The Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// What the model outputs and how it becomes a reward.
+    pub kind: ModelKind,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// `f32` or `bf16` on CPU; `f32`, `bf16` or `f16` on CUDA.
+    pub dtype: String,
+    /// Padded tokens per forward pass (batch size × longest sequence).
+    pub max_batch_tokens: usize,
+    /// Longest sequence the model sees, special tokens included; longer inputs are truncated on
+    /// `truncation_side`. Must not exceed the model's position embeddings (checked at load).
+    pub max_length: usize,
+    /// Which end of a too-long input is cut (`left`, `right`), or `none`: a too-long input fails
+    /// alone with `input_too_long`.
+    pub truncation_side: TruncationSide,
+    /// How long a request may wait for more to fill its batch.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Scalar models: how prompt and response become the model's text; `{prompt}` and
+    /// `{response}` are replaced. `{prompt}` is the conversation as `role: content` lines.
+    /// Embedding models embed the response and the reference as they are.
+    pub template: String,
+    /// Embedding models: how token vectors become one vector.
+    pub pooling: Pooling,
+    /// Embedding models: L2-normalise vectors before the cosine.
+    pub normalize: bool,
+    /// Torch intra-op threads per replica (0: chosen at start: one less than the cores available,
+    /// shared among replicas, at least 1; measured in docs/benchmarks-torch.md).
+    pub threads: usize,
+    /// Model replicas, each on its own OS thread.
+    pub replicas: usize,
+    /// Requests waiting for a batch, at most; more are refused (admission, not buffering).
+    pub queue_capacity: usize,
+    /// Feed `token_type_ids` (zeros) as a third input, for BERT-style models traced with it.
+    pub token_type_ids: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            path: PathBuf::new(),
+            tokenizer: PathBuf::new(),
+            kind: ModelKind::Scalar,
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            max_batch_tokens: 16_384,
+            max_length: 512,
+            truncation_side: TruncationSide::Left,
+            max_wait: Duration::from_millis(2),
+            template: "{prompt}\nassistant: {response}".into(),
+            pooling: Pooling::Mean,
+            normalize: true,
+            threads: 0,
+            replicas: 1,
+            queue_capacity: 4096,
+            token_type_ids: false,
+        }
+    }
+}
+
+/// What a reward model outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// One logit per sequence (`[B]` or `[B, 1]`); the reward is the logit.
+    #[default]
+    Scalar,
+    /// Token vectors or a pooled vector; the reward is the cosine of response and reference.
+    Embedding,
+}
+
+/// Which end of a too-long input is cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationSide {
+    /// Keep the end (the response), cut the start of the prompt.
+    #[default]
+    Left,
+    /// Keep the start.
+    Right,
+    /// Cut nothing: an input longer than `max_length` fails alone (`input_too_long`).
+    None,
+}
+
+/// How token vectors become one vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over non-padding tokens.
+    #[default]
+    Mean,
+    /// The first token.
+    Cls,
+}
+
+/// Largest `max_batch_tokens` accepted (a padded batch of this many tokens must fit in memory).
+const MAX_BATCH_TOKENS: usize = 1 << 22;
+/// Longest `max_wait` accepted.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+/// Most intra-op threads accepted per replica.
+const MAX_THREADS: usize = 1024;
+
+/// `{name}` placeholders of a template other than `{prompt}` and `{response}`.
+fn unknown_placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let tail = &rest[start..];
+        match tail.find('}') {
+            Some(end) => {
+                let name = &tail[..=end];
+                let inner = &name[1..name.len() - 1];
+                let looks_like_placeholder = !inner.is_empty()
+                    && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if looks_like_placeholder && name != "{prompt}" && name != "{response}" {
+                    out.push(name);
+                }
+                rest = &tail[end + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+impl ModelConfig {
+    pub(crate) fn problems(&self, path: &str, base: &Path, p: &mut Vec<ConfigProblem>) {
+        if self.name.is_empty() {
+            p.push(ConfigProblem::new(
+                format!("{path}.name"),
+                "must not be empty",
+            ));
+        }
+        for (key, file) in [("path", &self.path), ("tokenizer", &self.tokenizer)] {
+            let resolved = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            if file.as_os_str().is_empty() {
+                p.push(ConfigProblem::new(format!("{path}.{key}"), "must be set"));
+            } else if !resolved.is_file() {
+                p.push(ConfigProblem::new(
+                    format!("{path}.{key}"),
+                    format!("no file at {}", resolved.display()),
+                ));
+            }
+        }
+        let device_ok = self.device == "cpu"
+            || self
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !device_ok {
+            p.push(ConfigProblem::new(
+                format!("{path}.device"),
+                format!(
+                    "{:?} is not allowed; use \"cpu\" or \"cuda:N\"",
+                    self.device
+                ),
+            ));
+        }
+        let allowed: &[&str] = if self.device == "cpu" {
+            &["f32", "bf16"]
+        } else {
+            &["f32", "bf16", "f16"]
+        };
+        if !allowed.contains(&self.dtype.as_str()) {
+            p.push(ConfigProblem::new(
+                format!("{path}.dtype"),
+                format!(
+                    "{:?} is not allowed on {}; use one of {}",
+                    self.dtype,
+                    self.device,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if self.max_length < 2 {
+            p.push(ConfigProblem::new(
+                format!("{path}.max_length"),
+                "must be at least 2",
+            ));
+        }
+        if self.max_batch_tokens < self.max_length {
+            p.push(ConfigProblem::new(
+                format!("{path}.max_batch_tokens"),
+                format!(
+                    "{} is less than max_length ({}); one full-length input must fit",
+                    self.max_batch_tokens, self.max_length
+                ),
+            ));
+        }
+        if !self.template.contains("{response}") {
+            p.push(ConfigProblem::new(
+                format!("{path}.template"),
+                "must contain {response}",
+            ));
+        }
+        for unknown in unknown_placeholders(&self.template) {
+            p.push(ConfigProblem::new(
+                format!("{path}.template"),
+                format!("unknown placeholder {unknown}; allowed: {{prompt}}, {{response}}"),
+            ));
+        }
+        if self.max_batch_tokens > MAX_BATCH_TOKENS {
+            p.push(ConfigProblem::new(
+                format!("{path}.max_batch_tokens"),
+                format!("{} is more than {MAX_BATCH_TOKENS}", self.max_batch_tokens),
+            ));
+        }
+        if self.max_wait > MAX_WAIT {
+            p.push(ConfigProblem::new(
+                format!("{path}.max_wait"),
+                format!(
+                    "{} is too long; a batch may wait at most 1s (a few ms is usual)",
+                    humantime::format_duration(self.max_wait)
+                ),
+            ));
+        }
+        if self.threads > MAX_THREADS {
+            p.push(ConfigProblem::new(
+                format!("{path}.threads"),
+                format!(
+                    "{} is more than {MAX_THREADS}; use 0 for the measured default",
+                    self.threads
+                ),
+            ));
+        }
+        if self.replicas == 0 {
+            p.push(ConfigProblem::new(
+                format!("{path}.replicas"),
+                "must be at least 1",
+            ));
+        }
+        if self.queue_capacity == 0 {
+            p.push(ConfigProblem::new(
+                format!("{path}.queue_capacity"),
+                "must be at least 1",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(cfg: &ModelConfig) -> Vec<String> {
+        let mut p = Vec::new();
+        cfg.problems("model[0]", Path::new("/nonexistent"), &mut p);
+        p.into_iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn every_field_is_checked_with_its_key_path() {
+        let cfg = ModelConfig {
+            device: "gpu".into(),
+            dtype: "f16".into(),
+            max_length: 1,
+            max_batch_tokens: 0,
+            template: "{promt} {response}".into(),
+            max_wait: Duration::from_secs(5),
+            threads: 5000,
+            replicas: 0,
+            queue_capacity: 0,
+            ..ModelConfig::default()
+        };
+        let p = problems(&cfg).join("\n");
+        for key in [
+            "model[0].name: must not be empty",
+            "model[0].path: must be set",
+            "model[0].tokenizer: must be set",
+            "model[0].device: \"gpu\" is not allowed",
+            "model[0].dtype: \"f16\" is not allowed on gpu",
+            "model[0].max_length: must be at least 2",
+            "model[0].max_batch_tokens: 0 is less than max_length",
+            "model[0].template: unknown placeholder {promt}",
+            "model[0].max_wait: 5s is too long",
+            "model[0].threads: 5000 is more than 1024",
+            "model[0].replicas: must be at least 1",
+            "model[0].queue_capacity: must be at least 1",
+        ] {
+            assert!(p.contains(key), "missing {key:?} in\n{p}");
+        }
+    }
+
+    #[test]
+    fn truncation_side_none_parses() {
+        let cfg: ModelConfig =
+            toml::from_str("truncation_side = \"none\"\nkind = \"embedding\"").expect("parses");
+        assert_eq!(cfg.truncation_side, TruncationSide::None);
+        assert_eq!(cfg.kind, ModelKind::Embedding);
+        assert!(unknown_placeholders("{prompt}\nassistant: {response} {\"json\": 1}").is_empty());
+    }
+}

@@ -1,0 +1,100 @@
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[profile.format]
+components = [
+  { rule = "exact_match", weight = 1.0 },
+  { rule = "max_chars", limit = 100, gate = true },
+]
+normalize = "group_zscore"
+"#;
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let c = Config::from_toml(GOOD).unwrap();
+    assert!(c.is_embedded());
+    assert_eq!(c.profile["format"].components.len(), 2);
+    assert_eq!(c.profile["format"].components[1].effective_weight(), 0.0);
+    assert_eq!(
+        c.profile["format"].components[1].params["limit"].as_integer(),
+        Some(100)
+    );
+    assert_eq!(c.worker.max_deliver, 5);
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_its_path() {
+    let text = format!("{GOOD}\n[worker]\nmax_concurent_jobs = 3\n[limits]\nmax_foo = 1\n");
+    let ConfigError::Invalid(problems) = Config::parse(&text).unwrap_err() else {
+        panic!("expected unknown keys");
+    };
+    let mut paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["limits.max_foo", "worker.max_concurent_jobs"]);
+}
+
+#[test]
+fn semantic_problems_are_all_reported() {
+    let text = r#"
+[nats]
+url = "nats://x:4222"
+duplicate_window = "10s"
+
+[gateway]
+max_in_flight = 0
+default_profile = "nope"
+
+[profile.p]
+components = [
+  { scorer = "rm", weight = -1.0 },
+  { rule = "regex", scorer = "judge" },
+]
+normalize = "clip"
+"#;
+    let problems = Config::parse(text).unwrap().problems();
+    let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| rendered.iter().any(|p| p.contains(needle));
+    assert!(has("nats.duplicate_window"), "{rendered:#?}");
+    assert!(
+        has("gateway.max_in_flight: must be at least 1"),
+        "{rendered:#?}"
+    );
+    assert!(has(
+        "gateway.default_profile: unknown profile \"nope\"; known: p"
+    ));
+    assert!(has("profile.p.components[0].scorer: unknown scorer \"rm\""));
+    assert!(has("profile.p.components[0].weight: -1 is not allowed"));
+    assert!(has("profile.p.components[1]: give either"));
+    assert!(has(
+        "profile.p.clip: normalize = \"clip\" needs clip = [min, max]"
+    ));
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let err = Config::parse("[gateway]\nmax_in_flight = \"many\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("max_in_flight"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn judge_debug_never_shows_header_values() {
+    let text = r#"
+[[judge]]
+name = "j"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+api_key_env = "JUDGE_KEY"
+headers = { "X-Secret" = "hunter2" }
+
+[profile.p]
+components = [{ scorer = "j" }]
+"#;
+    let c = Config::from_toml(text).unwrap();
+    let debug = format!("{:?}", c.judge[0]);
+    assert!(!debug.contains("hunter2"), "{debug}");
+}

@@ -1,0 +1,159 @@
+//! The trainer-facing gRPC gateway: sessions, jobs of whole groups, the window that holds fast
+//! senders back, and rewards streamed back as each job's result arrives.
+
+mod error;
+mod server;
+mod session;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rewardfleet_core::config::Config;
+use rewardfleet_core::{JobBounds, Limits};
+use rewardfleet_proto::v1::{ComponentInfo, ProfileInfo};
+use rewardfleet_queue::Queue;
+
+pub use error::GatewayError;
+pub use server::{RewardApi, serve};
+pub use session::ScoreStream;
+
+/// The gateway's logic, independent of the transport: the gRPC service and the embedded
+/// `rewardfleet score` both drive sessions through it. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Arc<dyn Queue>,
+    profiles: Vec<ProfileInfo>,
+    default_profile: Option<String>,
+    limits: Limits,
+    bounds: JobBounds,
+    default_window: u32,
+    max_window: u32,
+    stats: Stats,
+}
+
+/// Counters an operator (and a test) can read.
+#[derive(Debug, Default)]
+struct Stats {
+    /// Candidates submitted and not yet resolved, across sessions.
+    in_flight: AtomicUsize,
+    /// The most candidates one session ever had unresolved.
+    max_session_in_flight: AtomicUsize,
+    /// Sessions open now.
+    sessions: AtomicUsize,
+}
+
+/// A snapshot of the gateway's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Candidates submitted and not yet resolved, across sessions.
+    pub in_flight: usize,
+    /// The most candidates one session ever had unresolved.
+    pub max_session_in_flight: usize,
+    /// Sessions open now.
+    pub sessions: usize,
+}
+
+impl Gateway {
+    /// A gateway over `queue`, serving the profiles of `config` with its limits.
+    pub fn new(config: &Config, queue: Arc<dyn Queue>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                queue,
+                profiles: profile_infos(config),
+                default_profile: config.gateway.default_profile.clone(),
+                limits: config.limits.clone(),
+                bounds: config.jobs.clone(),
+                default_window: config.gateway.max_in_flight,
+                max_window: config.gateway.max_window,
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The profiles served, with their components.
+    pub fn profiles(&self) -> &[ProfileInfo] {
+        &self.inner.profiles
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> GatewayStats {
+        let s = &self.inner.stats;
+        GatewayStats {
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            max_session_in_flight: s.max_session_in_flight.load(Ordering::Relaxed),
+            sessions: s.sessions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves the profile a batch asks for.
+    fn profile_for(&self, asked: &str, session_default: &str) -> Result<String, GatewayError> {
+        let name = if !asked.is_empty() {
+            asked
+        } else if !session_default.is_empty() {
+            session_default
+        } else if let Some(d) = &self.inner.default_profile {
+            d.as_str()
+        } else if self.inner.profiles.len() == 1 {
+            self.inner.profiles[0].name.as_str()
+        } else {
+            return Err(GatewayError::InvalidArgument {
+                field: "profile".into(),
+                message: format!(
+                    "no profile given and the gateway has no default; known: {}",
+                    self.known_profiles()
+                ),
+            });
+        };
+        if self.inner.profiles.iter().any(|p| p.name == name) {
+            Ok(name.to_owned())
+        } else {
+            Err(GatewayError::InvalidArgument {
+                field: "profile".into(),
+                message: format!("unknown profile {name:?}; known: {}", self.known_profiles()),
+            })
+        }
+    }
+
+    fn known_profiles(&self) -> String {
+        self.inner
+            .profiles
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn profile_infos(config: &Config) -> Vec<ProfileInfo> {
+    let models: HashSet<&str> = config.model.iter().map(|m| m.name.as_str()).collect();
+    config
+        .profile
+        .iter()
+        .map(|(name, p)| ProfileInfo {
+            name: name.clone(),
+            normalize: p.normalize.as_str().into(),
+            on_component_failure: p.on_component_failure.as_str().into(),
+            components: p
+                .components
+                .iter()
+                .map(|c| ComponentInfo {
+                    name: c.display_name(),
+                    kind: match &c.scorer {
+                        None => "rule",
+                        Some(s) if models.contains(s.as_str()) => "model",
+                        Some(_) => "judge",
+                    }
+                    .into(),
+                    weight: c.effective_weight(),
+                    gate: c.gate,
+                    fallback: c.fallback.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The tonic service: `RewardService` plus health and reflection, served until shutdown.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rewardfleet_proto::v1::reward_service_server::{RewardService, RewardServiceServer};
+use rewardfleet_proto::v1::{
+    Batch, Close, ListProfilesRequest, ListProfilesResponse, ScoreBatchRequest, ScoreBatchResponse,
+    ScoreRequest, SessionOpen, score_request, score_response,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Gateway, ScoreStream};
+
+/// `RewardService` over a [`Gateway`].
+#[derive(Clone)]
+pub struct RewardApi {
+    gateway: Gateway,
+    /// Fires when open sessions must end (after the drain deadline).
+    sessions: CancellationToken,
+}
+
+impl RewardApi {
+    /// The service; sessions end with `UNAVAILABLE` when `sessions` fires.
+    pub fn new(gateway: Gateway, sessions: CancellationToken) -> Self {
+        Self { gateway, sessions }
+    }
+}
+
+#[tonic::async_trait]
+impl RewardService for RewardApi {
+    type ScoreStream = ScoreStream;
+
+    async fn score(
+        &self,
+        request: Request<Streaming<ScoreRequest>>,
+    ) -> Result<Response<Self::ScoreStream>, Status> {
+        let requests = request.into_inner();
+        Ok(Response::new(
+            self.gateway.score(requests, self.sessions.child_token()),
+        ))
+    }
+
+    async fn score_batch(
+        &self,
+        request: Request<ScoreBatchRequest>,
+    ) -> Result<Response<ScoreBatchResponse>, Status> {
+        let request = request.into_inner();
+        let order: Vec<String> = request.candidates.iter().map(|c| c.id.clone()).collect();
+        let requests = futures::stream::iter([
+            ScoreRequest {
+                kind: Some(score_request::Kind::Open(SessionOpen {
+                    profile: request.profile.clone(),
+                    max_in_flight: 0,
+                    session_id: String::new(),
+                })),
+            },
+            ScoreRequest {
+                kind: Some(score_request::Kind::Batch(Batch {
+                    candidates: request.candidates,
+                    profile: request.profile,
+                })),
+            },
+            ScoreRequest {
+                kind: Some(score_request::Kind::Close(Close {})),
+            },
+        ])
+        .map(Ok);
+        let mut responses = self.gateway.score(requests, self.sessions.child_token());
+        let mut rewards = std::collections::HashMap::with_capacity(order.len());
+        while let Some(response) = responses.next().await {
+            if let Some(score_response::Kind::Reward(r)) = response?.kind {
+                rewards.insert(r.candidate_id.clone(), r);
+            }
+        }
+        let rewards = order
+            .iter()
+            .map(|id| {
+                rewards
+                    .remove(id)
+                    .ok_or_else(|| Status::internal(format!("no reward for candidate {id:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(ScoreBatchResponse { rewards }))
+    }
+
+    async fn list_profiles(
+        &self,
+        _: Request<ListProfilesRequest>,
+    ) -> Result<Response<ListProfilesResponse>, Status> {
+        Ok(Response::new(ListProfilesResponse {
+            profiles: self.gateway.profiles().to_vec(),
+        }))
+    }
+}
+
+/// Largest gRPC message accepted from a trainer (a batch), in bytes.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serves `RewardService`, `grpc.health.v1.Health` and reflection on `listener` until `shutdown`
+/// fires; then reports NOT_SERVING, stops taking new streams, lets open sessions finish for up
+/// to `drain_timeout`, and ends the rest with `UNAVAILABLE` (their results stay retained for
+/// resume).
+///
+/// # Errors
+/// If the transport fails.
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RewardServiceServer<RewardApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rewardfleet_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .ok();
+    let sessions = CancellationToken::new();
+    let api = RewardServiceServer::new(RewardApi::new(gateway.clone(), sessions.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let stop_accepting = CancellationToken::new();
+    let drain = {
+        let stop_accepting = stop_accepting.clone();
+        let sessions = sessions.clone();
+        let shutdown = shutdown.clone();
+        let gateway = gateway.clone();
+        async move {
+            shutdown.cancelled().await;
+            health_reporter
+                .set_not_serving::<RewardServiceServer<RewardApi>>()
+                .await;
+            stop_accepting.cancel();
+            let deadline = tokio::time::Instant::now() + drain_timeout;
+            while gateway.stats().sessions > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!(
+                open = gateway.stats().sessions,
+                "drain deadline: ending open sessions"
+            );
+            sessions.cancel();
+        }
+    };
+    tokio::spawn(drain);
+
+    let incoming = TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, stop_accepting.cancelled_owned());
+    // hyper waits without limit for connections to close: bound the wait.
+    let grace = drain_timeout + Duration::from_secs(2);
+    tokio::select! {
+        r = server => r,
+        () = async { sessions.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => {
+            tracing::warn!(?grace, "connections still open after the drain; closing");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! One judge endpoint at run time: its stack, its cache access, its usage and session budgets.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use rewardfleet_core::config::JudgeConfig;
+use rewardfleet_core::{ScoreContext, ScoreError};
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+use crate::JudgeError;
+use crate::cache::{Cache, CacheKey};
+use crate::client::{ChatRequest, Completion, HttpJudge};
+use crate::stack::{self, JudgeService};
+
+/// Token usage and calls of one judge since the process started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JudgeUsage {
+    /// The judge's name.
+    pub judge: String,
+    /// Judgements sent through the stack (each may take several attempts).
+    pub calls: u64,
+    /// HTTP attempts made (first attempts and retries).
+    pub attempts: u64,
+    /// Judgements that ended in an error.
+    pub failed_calls: u64,
+    /// Judgements answered from the cache, with no call.
+    pub cache_hits: u64,
+    /// Prompt tokens, as the endpoint reported them.
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the endpoint reported them.
+    pub completion_tokens: u64,
+}
+
+impl JudgeUsage {
+    /// Prompt plus completion tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Sessions whose token spend is remembered per judge, at most (least recently used forgotten).
+const SESSIONS_TRACKED: usize = 65_536;
+
+/// A judge endpoint: shared by every component and profile that names it.
+pub(crate) struct Judge {
+    pub(crate) config: JudgeConfig,
+    service: JudgeService,
+    http: HttpJudge,
+    cache: Arc<Cache>,
+    /// Identity of the endpoint and its sampling, part of every cache key.
+    fingerprint: String,
+    calls: AtomicU64,
+    failed_calls: AtomicU64,
+    cache_hits: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    /// Tokens spent per trainer session (only kept when `session_token_budget > 0`).
+    sessions: Mutex<LruCache<String, u64>>,
+}
+
+impl Judge {
+    pub(crate) fn new(
+        config: &JudgeConfig,
+        api_key: Option<&str>,
+        cache: Arc<Cache>,
+    ) -> Result<Self, JudgeError> {
+        let (service, http) = stack::build(config, api_key)?;
+        let s = &config.sampling;
+        let identity = format!(
+            "{}\n{}\n{}\n{:?}\n{:?}\n{}\n{:?}",
+            config.name,
+            config.base_url,
+            config.model,
+            s.temperature,
+            s.top_p,
+            s.max_tokens,
+            s.seed
+        );
+        let sessions =
+            NonZeroUsize::new(SESSIONS_TRACKED).map_or_else(LruCache::unbounded, LruCache::new);
+        Ok(Self {
+            config: config.clone(),
+            service,
+            http,
+            cache,
+            fingerprint: hex::encode(Sha256::digest(identity.as_bytes())),
+            calls: AtomicU64::new(0),
+            failed_calls: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            sessions: Mutex::new(sessions),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(crate) fn usage(&self) -> JudgeUsage {
+        JudgeUsage {
+            judge: self.config.name.clone(),
+            calls: self.calls.load(Ordering::Relaxed),
+            attempts: self.http.attempts.load(Ordering::Relaxed),
+            failed_calls: self.failed_calls.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    fn spent(&self, session: &str) -> u64 {
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get(session).copied())
+            .unwrap_or(0)
+    }
+
+    fn charge(&self, session: &str, tokens: u64) {
+        if let Ok(mut s) = self.sessions.lock() {
+            match s.get_mut(session) {
+                Some(spent) => *spent += tokens,
+                None => {
+                    s.put(session.to_owned(), tokens);
+                }
+            }
+        }
+    }
+
+    /// Asks the judge, from the cache when it can. `template` names the method's prompt (part of
+    /// the cache key); only answers that `accept` takes are cached.
+    ///
+    /// # Errors
+    /// A [`ScoreError`] saying what happens next: transient for timeouts, overload, an open
+    /// circuit or server errors after retries; permanent for a refused request or a spent
+    /// session token budget.
+    pub(crate) async fn ask(
+        &self,
+        ctx: &ScoreContext,
+        template: &str,
+        req: ChatRequest,
+        accept: impl Fn(&Completion) -> bool,
+    ) -> Result<Completion, ScoreError> {
+        let ttl = self.config.cache_ttl;
+        let key = (!ttl.is_zero()).then(|| CacheKey::new(&self.fingerprint, template, &req));
+        if let Some(key) = &key
+            && let Some(hit) = self.cache.get(key, ttl).await
+        {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Completion {
+                usage: Default::default(),
+                ..hit
+            });
+        }
+        let budget = self.config.session_token_budget;
+        if budget > 0 {
+            let spent = self.spent(&ctx.session_id);
+            if spent >= budget {
+                return Err(ScoreError::permanent(
+                    "judge_token_budget_spent",
+                    format!(
+                        "session {:?} has spent {spent} of its {budget} tokens on judge {:?} (session_token_budget)",
+                        ctx.session_id,
+                        self.name()
+                    ),
+                ));
+            }
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.service.clone().oneshot(req).await;
+        let completion = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed_calls.fetch_add(1, Ordering::Relaxed);
+                let error = stack::score_error(self.name(), &e);
+                tracing::debug!(judge = self.name(), reason = %error.reason, "judge call failed");
+                return Err(error);
+            }
+        };
+        self.prompt_tokens
+            .fetch_add(completion.usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion.usage.completion_tokens, Ordering::Relaxed);
+        if budget > 0 {
+            self.charge(&ctx.session_id, completion.usage.total());
+        }
+        if let Some(key) = &key
+            && accept(&completion)
+        {
+            self.cache.put(key, &completion).await;
+        }
+        Ok(completion)
+    }
+}

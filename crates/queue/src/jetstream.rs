@@ -1,0 +1,786 @@
+//! NATS JetStream: the queue of a fleet that spans machines.
+//!
+//! Layout (all names from [`NatsConfig`]):
+//!
+//! - **Jobs**: stream `jobs_stream`, work-queue retention, file storage, subjects
+//!   `<prefix>.jobs.>`. A job goes to `<prefix>.jobs.<pool>` with header `Nats-Msg-Id: <job_id>`,
+//!   so a job published twice within `duplicate_window` is stored once.
+//! - **Workers**: one durable pull consumer per pool, `<prefix>-workers-<pool>`, filtered on
+//!   `<prefix>.jobs.<pool>`, explicit ack, `ack_wait` / `max_deliver` / `max_ack_pending` from
+//!   [`WorkerConfig`]. Every worker of a pool pulls from it, so each job goes to one worker.
+//! - **Results**: stream `results_stream`, limits retention (kept `results_max_age` so a
+//!   resuming session gets them again), subjects `<prefix>.results.>`. A result goes to
+//!   `<prefix>.results.<session token>` with `Nats-Msg-Id: r.<job_id>`. A session is read with an
+//!   ordered push consumer (ephemeral, in memory) filtered on its subject; the client re-creates it
+//!   from the last sequence seen after a reconnect or a server restart.
+//! - **Dead letters**: a job delivered `max_deliver` times and never acknowledged (its workers
+//!   crashed) gets FAILED rewards from [`JetStreamQueue::watch_dead_letters`], run by gateways.
+//!
+//! The session token is the session id where it is made of ASCII letters, digits and `-`;
+//! any other byte (including `_`) is written `_XX` (hex), so every session id maps to its own
+//! valid subject token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull, push};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::Acker as NatsAcker;
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use async_nats::{Event, HeaderMap, header::NATS_MESSAGE_ID};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use prost::Message as _;
+use rewardfleet_core::config::{NatsConfig, WorkerConfig};
+use rewardfleet_core::{Job, JobResult};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream};
+
+mod deadletter;
+
+pub use deadletter::DEAD_LETTER_WORKER;
+
+/// How long one pull request waits at the server for jobs before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Past `PULL_EXPIRES`, how long a pull request may stay silent before it is presumed lost.
+const PULL_GRACE: Duration = Duration::from_secs(2);
+/// Pause after a failed pull request, so a source does not spin while the server is away.
+const PULL_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// Timeout of JetStream API requests, publish acks and double acks.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection options that do not belong in the config file.
+#[derive(Clone, Default)]
+pub struct JetStreamOptions {
+    /// Token, if the server requires one (the binary reads it from the variable named by
+    /// `NatsConfig::token_env`; this library never reads the environment).
+    pub token: Option<String>,
+    /// Connection name shown in the server's monitoring (e.g. `rewardfleet-worker@host`).
+    pub client_name: Option<String>,
+}
+
+impl fmt::Debug for JetStreamOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("client_name", &self.client_name)
+            .finish()
+    }
+}
+
+/// Lag of one pool's consumer, from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Jobs in the stream not yet delivered to any worker.
+    pub pending: u64,
+    /// Jobs delivered and not yet acknowledged (bounded by `max_ack_pending`).
+    pub ack_pending: usize,
+    /// Jobs delivered more than once and not yet acknowledged.
+    pub redelivered: usize,
+    /// Open pull requests (roughly: idle workers waiting for jobs).
+    pub waiting: usize,
+}
+
+/// The queue on NATS JetStream: a cheap `Clone` handle over one connection.
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    jobs_stream: String,
+    results: jetstream::stream::Stream<()>,
+    prefix: String,
+    /// Pool that [`Queue::publish_job`] publishes to.
+    pool: String,
+    ack_wait: Duration,
+    max_deliver: i64,
+    max_ack_pending: i64,
+    /// Counts (re)connections; job sources renew their pull request when it moves.
+    connected: watch::Receiver<u64>,
+}
+
+impl fmt::Debug for JetStreamQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamQueue")
+            .field("jobs_stream", &self.jobs_stream)
+            .field("prefix", &self.prefix)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamQueue {
+    /// Connects without a token (see [`JetStreamQueue::connect_with`]).
+    ///
+    /// # Errors
+    /// As [`JetStreamQueue::connect_with`].
+    pub async fn connect(nats: &NatsConfig, worker: &WorkerConfig) -> Result<Self, QueueError> {
+        Self::connect_with(nats, worker, JetStreamOptions::default()).await
+    }
+
+    /// Connects to `nats.url` (comma-separated URLs), authenticating with `options.token` or
+    /// `nats.credentials_file`, and creates or updates the jobs and results streams. Jobs are
+    /// published to `worker.pool` (change it with [`JetStreamQueue::with_pool`]).
+    ///
+    /// The connection reconnects by itself for as long as the queue lives.
+    ///
+    /// # Errors
+    /// [`QueueError::Setup`] for a bad URL, an unreadable credentials file, a pool name that is
+    /// not a subject token, or streams the server refuses (e.g. an existing stream whose
+    /// retention differs); [`QueueError::Unavailable`] if the server cannot be reached.
+    pub async fn connect_with(
+        nats: &NatsConfig,
+        worker: &WorkerConfig,
+        options: JetStreamOptions,
+    ) -> Result<Self, QueueError> {
+        check_token("pool", &worker.pool)?;
+        check_token("subject prefix", &nats.subject_prefix)?;
+        let (connected_tx, connected) = watch::channel(0_u64);
+        let connected_tx = Arc::new(connected_tx);
+        let mut connect = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let connected_tx = Arc::clone(&connected_tx);
+                async move {
+                    match event {
+                        Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            connected_tx.send_modify(|n| *n += 1);
+                        }
+                        Event::SlowConsumer(sid) => tracing::warn!(
+                            sid,
+                            "NATS subscription too slow: messages dropped (JetStream will redeliver)"
+                        ),
+                        other => tracing::warn!(event = %other, "NATS connection event"),
+                    }
+                }
+            });
+        if let Some(name) = &options.client_name {
+            connect = connect.name(name);
+        }
+        if let Some(token) = options.token {
+            connect = connect.token(token);
+        }
+        if let Some(path) = &nats.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|e| {
+                QueueError::Setup(format!(
+                    "cannot read NATS credentials {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        let urls: Vec<&str> = nats
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = connect.connect(urls.as_slice()).await.map_err(|e| {
+            use async_nats::ConnectErrorKind as K;
+            match e.kind() {
+                K::ServerParse | K::Authentication | K::AuthorizationViolation | K::Tls => {
+                    QueueError::Setup(format!("cannot connect to NATS at {}: {e}", nats.url))
+                }
+                _ => {
+                    QueueError::Unavailable(format!("cannot connect to NATS at {}: {e}", nats.url))
+                }
+            }
+        })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+
+        let prefix = nats.subject_prefix.clone();
+        js.create_or_update_stream(stream::Config {
+            name: nats.jobs_stream.clone(),
+            description: Some("rewardfleet jobs: one subject per worker pool".into()),
+            subjects: vec![format!("{prefix}.jobs.>")],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            num_replicas: nats.replicas,
+            duplicate_window: nats.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(format!("jobs stream {}", nats.jobs_stream), e))?;
+        js.create_or_update_stream(stream::Config {
+            name: nats.results_stream.clone(),
+            description: Some("rewardfleet results: one subject per session".into()),
+            subjects: vec![format!("{prefix}.results.>")],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            num_replicas: nats.replicas,
+            duplicate_window: nats.duplicate_window,
+            max_age: nats.results_max_age,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(format!("results stream {}", nats.results_stream), e))?;
+        let results = js
+            .get_stream_no_info(&nats.results_stream)
+            .await
+            .map_err(|e| setup(format!("results stream {}", nats.results_stream), e))?;
+
+        Ok(Self {
+            client,
+            js,
+            jobs_stream: nats.jobs_stream.clone(),
+            results,
+            prefix,
+            pool: worker.pool.clone(),
+            ack_wait: worker.ack_wait,
+            max_deliver: worker.max_deliver,
+            max_ack_pending: worker.max_ack_pending,
+            connected,
+        })
+    }
+
+    /// The same queue, publishing jobs to `pool` (`<prefix>.jobs.<pool>`).
+    ///
+    /// # Errors
+    /// [`QueueError::Setup`] if `pool` is not a subject token (letters, digits, `-`, `_`).
+    pub fn with_pool(mut self, pool: &str) -> Result<Self, QueueError> {
+        check_token("pool", pool)?;
+        pool.clone_into(&mut self.pool);
+        Ok(self)
+    }
+
+    /// The pool that jobs are published to.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// The subject that jobs of `pool` go to.
+    pub fn jobs_subject(&self, pool: &str) -> String {
+        format!("{}.jobs.{pool}", self.prefix)
+    }
+
+    /// The subject that results of `session_id` go to.
+    pub fn results_subject(&self, session_id: &str) -> String {
+        format!("{}.results.{}", self.prefix, session_token(session_id))
+    }
+
+    /// The durable consumer that the workers of `pool` share.
+    pub fn consumer_name(&self, pool: &str) -> String {
+        format!("{}-workers-{pool}", self.prefix)
+    }
+
+    /// The underlying client (for health checks and metrics).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The lag of `pool`'s consumer (what autoscaling and `rewardfleet status` read).
+    ///
+    /// # Errors
+    /// [`QueueError::Setup`] if the pool has no consumer yet (no worker ever pulled from it);
+    /// [`QueueError::Unavailable`] if the server cannot be asked.
+    pub async fn pool_status(&self, pool: &str) -> Result<PoolStatus, QueueError> {
+        let mut consumer: consumer::Consumer<pull::Config> = self
+            .js
+            .get_consumer_from_stream(self.consumer_name(pool), &self.jobs_stream)
+            .await
+            .map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::ConsumerErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) {
+                    QueueError::Setup(format!("pool {pool:?} has no consumer yet"))
+                } else {
+                    unavailable("consumer info", e)
+                }
+            })?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| unavailable("consumer info", e))?;
+        Ok(PoolStatus {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+            waiting: info.num_waiting,
+        })
+    }
+
+    /// Publishes with `Nats-Msg-Id: msg_id` and waits for the stream's ack. If the connection
+    /// is re-established meanwhile, the message may have been lost with the old connection: it
+    /// is published again, which the server's dedup makes harmless.
+    async fn publish(
+        &self,
+        what: &str,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    ) -> Result<(), QueueError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, msg_id.as_str());
+        let mut connected = self.connected.clone();
+        connected.mark_unchanged();
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+                .map_err(|e| publish_error(what, &msg_id, e))?;
+            tokio::select! {
+                ack = ack => {
+                    let ack = ack.map_err(|e| publish_error(what, &msg_id, e))?;
+                    if ack.duplicate {
+                        tracing::debug!(what, msg_id, "duplicate publish ignored by the server");
+                    }
+                    return Ok(());
+                }
+                Ok(()) = connected.changed() => {
+                    tracing::debug!(what, msg_id, "reconnected while awaiting the publish ack; publishing again");
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(QueueError::Unavailable(format!(
+                        "publish {what} {msg_id:?}: no ack within {REQUEST_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for JetStreamQueue {
+    async fn publish_job(&self, job: &Job) -> Result<(), QueueError> {
+        check_msg_id("job_id", &job.job_id)?;
+        let subject = self.jobs_subject(&self.pool);
+        self.publish(
+            "job",
+            subject,
+            job.job_id.clone(),
+            job.encode_to_vec().into(),
+        )
+        .await
+    }
+
+    async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError> {
+        check_msg_id("job_id", &result.job_id)?;
+        let subject = self.results_subject(&result.session_id);
+        self.publish(
+            "result",
+            subject,
+            format!("r.{}", result.job_id),
+            result.encode_to_vec().into(),
+        )
+        .await
+    }
+
+    async fn results(&self, session_id: &str) -> Result<ResultStream, QueueError> {
+        let mut follower = ResultFollower {
+            queue: self.clone(),
+            session: session_id.to_owned(),
+            last_sequence: 0,
+            messages: None,
+            connected: self.connected.clone(),
+        };
+        follower.open().await?;
+        Ok(
+            futures::stream::unfold(follower, |mut follower| async move {
+                let item = follower.next().await?;
+                Some((item, follower))
+            })
+            .boxed(),
+        )
+    }
+
+    async fn forget_session(&self, session_id: &str) -> Result<(), QueueError> {
+        self.results
+            .purge()
+            .filter(self.results_subject(session_id))
+            .await
+            .map_err(|e| unavailable("purge session results", e))?;
+        Ok(())
+    }
+
+    async fn jobs(&self, pool: &str, capacity: usize) -> Result<Box<dyn JobSource>, QueueError> {
+        check_token("pool", pool)?;
+        if capacity == 0 {
+            return Err(QueueError::Setup(
+                "job source capacity must be at least 1".into(),
+            ));
+        }
+        let max_deliver = self.max_deliver.max(1);
+        let consumer: consumer::Consumer<pull::Config> = self
+            .js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(self.consumer_name(pool)),
+                    description: Some(format!("rewardfleet workers of pool {pool}")),
+                    filter_subject: self.jobs_subject(pool),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver,
+                    max_ack_pending: self.max_ack_pending,
+                    ..Default::default()
+                },
+                &self.jobs_stream,
+            )
+            .await
+            .map_err(|e| setup(format!("consumer {}", self.consumer_name(pool)), e))?;
+        let mut connected = self.connected.clone();
+        connected.mark_unchanged();
+        Ok(Box::new(JetStreamJobs {
+            client: self.client.clone(),
+            consumer,
+            capacity,
+            max_deliver: max_deliver.unsigned_abs(),
+            batch: None,
+            deadline: Instant::now(),
+            draining: false,
+            connected,
+        }))
+    }
+}
+
+/// Follows one session's results: an ordered push consumer from the stream sequence after the
+/// last result handed out, opened again after every reconnect (so a server restart while nobody
+/// polls the stream costs no idle-heartbeat timeout) and whenever the consumer ends.
+struct ResultFollower {
+    queue: JetStreamQueue,
+    session: String,
+    /// Stream sequence of the last result handed out (0: none yet).
+    last_sequence: u64,
+    messages: Option<push::Ordered>,
+    connected: watch::Receiver<u64>,
+}
+
+impl ResultFollower {
+    async fn open(&mut self) -> Result<(), QueueError> {
+        self.connected.mark_unchanged();
+        let deliver_policy = match self.last_sequence {
+            0 => DeliverPolicy::All,
+            last => DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            },
+        };
+        let consumer = self
+            .queue
+            .results
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.queue.client.new_inbox(),
+                description: Some(format!("rewardfleet results of session {:?}", self.session)),
+                filter_subject: self.queue.results_subject(&self.session),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("create results consumer", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("subscribe to results", e))?;
+        self.messages = Some(messages);
+        Ok(())
+    }
+
+    /// The next result, or a passing error; `None` once the connection is closed for good.
+    async fn next(&mut self) -> Option<Result<JobResult, QueueError>> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                if let Err(e) = self.open().await {
+                    tokio::time::sleep(PULL_RETRY_DELAY).await;
+                    return Some(Err(e));
+                }
+                continue;
+            };
+            tokio::select! {
+                biased;
+                item = messages.next() => match item {
+                    Some(Ok(message)) => {
+                        if let Ok(info) = message.info() {
+                            self.last_sequence = info.stream_sequence;
+                        }
+                        return Some(JobResult::decode(message.payload.clone()).map_err(|e| {
+                            tracing::warn!(session = self.session, error = %e, "undecodable result skipped");
+                            QueueError::Malformed(format!("result of session {:?}: {e}", self.session))
+                        }));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(session = self.session, error = %e, "results stream interrupted; resuming");
+                        return Some(Err(unavailable("results", e)));
+                    }
+                    None => self.messages = None,
+                },
+                changed = self.connected.changed() => {
+                    changed.ok()?;
+                    self.messages = None;
+                }
+            }
+        }
+    }
+}
+
+/// A worker's pull loop: one outstanding pull request of at most `capacity` jobs at a time, its
+/// jobs handed out as they arrive, so at most `capacity` are held un-handed-out.
+struct JetStreamJobs {
+    client: async_nats::Client,
+    consumer: consumer::Consumer<pull::Config>,
+    capacity: usize,
+    max_deliver: u64,
+    /// The open pull request, if any.
+    batch: Option<pull::Batch>,
+    /// When the open pull request is presumed lost (the server expires it before).
+    deadline: Instant,
+    /// The connection was re-established: hand out what the open request already received,
+    /// then drop it (the server that took it may be gone) and pull anew.
+    draining: bool,
+    connected: watch::Receiver<u64>,
+}
+
+impl JetStreamJobs {
+    /// Opens a pull request, once connected.
+    async fn open_batch(&mut self) -> Result<(), QueueError> {
+        while self.client.connection_state() != async_nats::connection::State::Connected {
+            if self.connected.changed().await.is_err() {
+                return Err(QueueError::Closed);
+            }
+        }
+        self.connected.mark_unchanged();
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(self.capacity)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| unavailable("pull jobs", e))?;
+        self.batch = Some(batch);
+        self.deadline = Instant::now() + PULL_EXPIRES + PULL_GRACE;
+        Ok(())
+    }
+
+    /// Turns a message into a delivery; a payload that is not a job is terminated.
+    async fn delivery(&self, message: jetstream::Message) -> Result<Delivery, QueueError> {
+        let (attempt, sequence) = match message.info() {
+            Ok(info) => (info.delivered.unsigned_abs(), info.stream_sequence),
+            Err(e) => {
+                return Err(QueueError::Malformed(format!(
+                    "job message without JetStream metadata: {e}"
+                )));
+            }
+        };
+        let (message, acker) = message.split();
+        match Job::decode(message.payload) {
+            Ok(job) => Ok(Delivery {
+                job,
+                attempt,
+                max_deliver: self.max_deliver,
+                acker: Box::new(JetStreamAcker {
+                    acker,
+                    connected: self.connected.clone(),
+                }),
+            }),
+            Err(e) => {
+                if let Err(term) = acker.double_ack_with(AckKind::Term).await {
+                    tracing::warn!(sequence, error = %term, "could not terminate undecodable job");
+                }
+                Err(QueueError::Malformed(format!(
+                    "job at stream sequence {sequence} is not a Job ({e}); terminated"
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl JobSource for JetStreamJobs {
+    async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        loop {
+            if self.batch.is_none()
+                && let Err(e) = self.open_batch().await
+            {
+                if matches!(e, QueueError::Closed) {
+                    return None;
+                }
+                tokio::time::sleep(PULL_RETRY_DELAY).await;
+                return Some(Err(e));
+            }
+            let Some(batch) = self.batch.as_mut() else {
+                continue;
+            };
+            if self.draining {
+                match batch.next().now_or_never() {
+                    Some(Some(Ok(message))) => return Some(self.delivery(message).await),
+                    _ => {
+                        self.batch = None;
+                        self.draining = false;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                item = batch.next() => match item {
+                    Some(Ok(message)) => return Some(self.delivery(message).await),
+                    None => self.batch = None,
+                    Some(Err(e)) => {
+                        // A status that ends the request (409 leadership change, max waiting…).
+                        self.batch = None;
+                        return Some(Err(unavailable("pull jobs", e)));
+                    }
+                },
+                changed = self.connected.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.draining = true;
+                    return Some(Err(QueueError::Unavailable(
+                        "reconnected to NATS; renewing the pull request".into(),
+                    )));
+                }
+                () = tokio::time::sleep_until(self.deadline) => {
+                    tracing::debug!("pull request silent past its expiry; renewing");
+                    self.batch = None;
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledges one JetStream delivery.
+struct JetStreamAcker {
+    acker: NatsAcker,
+    /// A reconnect while a confirmation is awaited means it will not come: fail at once
+    /// instead of waiting out the request timeout.
+    connected: watch::Receiver<u64>,
+}
+
+impl JetStreamAcker {
+    async fn confirmed(&self, kind: AckKind, what: &str) -> Result<(), QueueError> {
+        let mut connected = self.connected.clone();
+        connected.mark_unchanged();
+        tokio::select! {
+            done = self.acker.double_ack_with(kind) => done.map_err(|e| unavailable(what, e)),
+            Ok(()) = connected.changed() => Err(QueueError::Unavailable(format!(
+                "{what}: connection re-established before the server confirmed; the job may be delivered again"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for JetStreamAcker {
+    async fn ack(&self) -> Result<(), QueueError> {
+        self.confirmed(AckKind::Ack, "ack").await
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<(), QueueError> {
+        self.acker
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| unavailable("nak", e))
+    }
+
+    async fn progress(&self) -> Result<(), QueueError> {
+        self.acker
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| unavailable("progress", e))
+    }
+
+    async fn term(&self) -> Result<(), QueueError> {
+        self.confirmed(AckKind::Term, "term").await
+    }
+}
+
+/// The subject token of a session: the id where it is `[A-Za-z0-9-]+`, else `_XX`-escaped.
+pub fn session_token(session_id: &str) -> String {
+    if session_id.is_empty() {
+        return "_".into();
+    }
+    let mut token = String::with_capacity(session_id.len());
+    for byte in session_id.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            token.push(char::from(byte));
+        } else {
+            token.push_str(&format!("_{byte:02X}"));
+        }
+    }
+    token
+}
+
+fn check_token(what: &str, value: &str) -> Result<(), QueueError> {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(QueueError::Setup(format!(
+            "{what} {value:?} is not allowed; use letters, digits, '-' and '_'"
+        )))
+    }
+}
+
+/// A message id travels in a header: it must be non-empty and free of control characters.
+fn check_msg_id(what: &str, value: &str) -> Result<(), QueueError> {
+    if value.is_empty() || value.chars().any(char::is_control) {
+        Err(QueueError::Malformed(format!(
+            "{what} {value:?} must be non-empty and without control characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn setup(what: String, e: impl fmt::Display) -> QueueError {
+    QueueError::Setup(format!("{what}: {e}"))
+}
+
+fn unavailable(what: &str, e: impl fmt::Display) -> QueueError {
+    QueueError::Unavailable(format!("{what}: {e}"))
+}
+
+fn publish_error(what: &str, msg_id: &str, e: jetstream::context::PublishError) -> QueueError {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => QueueError::Malformed(format!(
+            "{what} {msg_id:?} is larger than the server's max_payload: {e}"
+        )),
+        PublishErrorKind::StreamNotFound => QueueError::Setup(format!(
+            "no stream takes the {what} {msg_id:?} (was it deleted?): {e}"
+        )),
+        _ => QueueError::Unavailable(format!("publish {what} {msg_id:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_tokens_are_valid_and_distinct() {
+        assert_eq!(session_token("abc-DEF-123"), "abc-DEF-123");
+        assert_eq!(session_token("a.b"), "a_2Eb");
+        assert_eq!(session_token("a_b"), "a_5Fb");
+        assert_eq!(session_token(""), "_");
+        assert_ne!(session_token("a_2Eb"), session_token("a.b"));
+        for id in ["a b", "*", ">", "x.>", "ünï", "\n"] {
+            assert!(check_token("t", &session_token(id)).is_ok(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn message_ids_reject_control_characters() {
+        assert!(check_msg_id("job_id", "s.abc").is_ok());
+        assert!(matches!(
+            check_msg_id("job_id", ""),
+            Err(QueueError::Malformed(_))
+        ));
+        assert!(matches!(
+            check_msg_id("job_id", "a\r\nb"),
+            Err(QueueError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up (see setup.sh) and runs every check and test: formatting, lints, unit tests,
+# end-to-end tests against real nats-server processes, real libtorch and real gRPC.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/setup.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests run the real binary.
+cargo build --locked -p rewardfleet-cli
+cargo test --workspace --locked

@@ -1,0 +1,233 @@
+//! Shared set-up of the end-to-end tests: a real nats-server, a gateway serving gRPC on an
+//! ephemeral port, workers, and candidates whose rewards the test knows in advance.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rewardfleet_core::config::Config;
+use rewardfleet_core::{Candidate, ChatMessage, Reward};
+use rewardfleet_gateway::Gateway;
+use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
+use rewardfleet_proto::v1::{
+    Batch, Close, ScoreRequest, SessionOpen, score_request, score_response,
+};
+use rewardfleet_queue::{JetStreamQueue, Queue};
+use rewardfleet_testkit::NatsServer;
+use rewardfleet_worker::{Worker, WorkerStats};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub mod process;
+
+/// The profile every test scores with: rules whose values the test computes itself.
+pub const PROFILES: &str = r#"
+[profile.e2e]
+components = [
+  { rule = "exact_match", weight = 2.0 },
+  { rule = "regex", pattern = "^answer", weight = 1.0 },
+  { rule = "max_chars", limit = 40, gate = true },
+]
+floor = -1.0
+
+[profile.ranked]
+components = [{ rule = "exact_match" }, { rule = "regex", pattern = "answer" }]
+normalize = "group_zscore"
+"#;
+
+/// A configuration for the fleet on `nats_url` (embedded when `None`).
+pub fn config_text(nats_url: Option<&str>, extra: &str) -> String {
+    let nats = match nats_url {
+        Some(url) => format!("[nats]\nurl = \"{url}\"\n\n"),
+        None => String::new(),
+    };
+    format!(
+        "{nats}[gateway]\nlisten = \"127.0.0.1:0\"\ndefault_profile = \"e2e\"\n\n[worker]\nack_wait = \"5s\"\nmax_concurrent_jobs = 8\n\n{extra}\n{PROFILES}"
+    )
+}
+
+pub fn config(nats_url: Option<&str>, extra: &str) -> Config {
+    Config::from_toml(&config_text(nats_url, extra)).unwrap()
+}
+
+/// Candidate `i` of group `i / 8`: one in three answers right, one in three wrong, one in
+/// three too long for the gate.
+pub fn candidate(i: usize) -> Candidate {
+    let reference = format!("answer {}", i % 7);
+    let response = match i % 3 {
+        0 => reference.clone(),
+        1 => format!("answer {}", (i % 7) + 1),
+        _ => format!("{reference} {}", "and then some more words ".repeat(2)),
+    };
+    Candidate {
+        id: format!("c{i:05}"),
+        group_id: format!("g{}", i / 8),
+        prompt: vec![ChatMessage {
+            role: "user".into(),
+            content: format!("question {i}"),
+        }],
+        response,
+        reference: Some(reference),
+        labels: HashMap::new(),
+    }
+}
+
+/// The reward the `e2e` profile must give candidate `i`.
+pub fn expected(i: usize) -> f64 {
+    match i % 3 {
+        0 => 2.0 + 1.0,
+        1 => 1.0,
+        _ => -1.0,
+    }
+}
+
+/// A gateway serving gRPC on an ephemeral port over JetStream, and workers in this process.
+pub struct Fleet {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    pub config: Config,
+    shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, JoinHandle<()>, Arc<WorkerStats>)>,
+    server: JoinHandle<()>,
+}
+
+impl Fleet {
+    pub async fn start(nats: &NatsServer, workers: usize, extra: &str) -> Self {
+        let config = config(Some(&nats.url()), extra);
+        let queue = connect(&config).await;
+        let gateway = Gateway::new(&config, queue);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let gateway = gateway.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                rewardfleet_gateway::serve(gateway, listener, shutdown, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut fleet = Self {
+            addr,
+            gateway,
+            config,
+            shutdown,
+            workers: Vec::new(),
+            server,
+        };
+        for _ in 0..workers {
+            fleet.add_worker().await;
+        }
+        fleet
+    }
+
+    pub async fn add_worker(&mut self) {
+        let queue = connect(&self.config).await;
+        let pipeline = rewardfleet_scorers::build_pipeline(&self.config, &[]).unwrap();
+        let name = format!("worker-{}", self.workers.len());
+        let worker = Worker::new(queue, pipeline, self.config.worker.clone(), name);
+        let stats = worker.stats();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { worker.run(stop).await.unwrap() }
+        });
+        self.workers.push((stop, handle, stats));
+    }
+
+    pub fn worker_stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.workers.iter().map(|(_, _, s)| Arc::clone(s)).collect()
+    }
+
+    pub async fn client(&self) -> RewardServiceClient<Channel> {
+        RewardServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (stop, handle, _) in self.workers {
+            stop.cancel();
+            let _ = handle.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+    }
+}
+
+pub async fn connect(config: &Config) -> Arc<dyn Queue> {
+    let nats = config.nats.as_ref().unwrap();
+    Arc::new(JetStreamQueue::connect(nats, &config.worker).await.unwrap())
+}
+
+/// The requests of a session that sends `candidates` in batches of whole groups.
+pub fn session_requests(
+    session_id: &str,
+    profile: &str,
+    window: u32,
+    candidates: &[Candidate],
+    batch: usize,
+) -> Vec<ScoreRequest> {
+    let mut requests = vec![ScoreRequest {
+        kind: Some(score_request::Kind::Open(SessionOpen {
+            session_id: session_id.into(),
+            profile: profile.into(),
+            max_in_flight: window,
+        })),
+    }];
+    for chunk in candidates.chunks(batch) {
+        requests.push(ScoreRequest {
+            kind: Some(score_request::Kind::Batch(Batch {
+                candidates: chunk.to_vec(),
+                profile: String::new(),
+            })),
+        });
+    }
+    requests.push(ScoreRequest {
+        kind: Some(score_request::Kind::Close(Close {})),
+    });
+    requests
+}
+
+/// Runs a session to its end and returns every reward received (duplicates included).
+pub async fn score_all(
+    client: &mut RewardServiceClient<Channel>,
+    requests: Vec<ScoreRequest>,
+) -> Result<Vec<Reward>, tonic::Status> {
+    let mut responses = client
+        .score(futures::stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut rewards = Vec::new();
+    let mut closed = false;
+    while let Some(response) = responses.next().await {
+        match response?.kind {
+            Some(score_response::Kind::Reward(r)) => rewards.push(r),
+            Some(score_response::Kind::Closed(_)) => closed = true,
+            _ => {}
+        }
+    }
+    assert!(closed, "the session ended without `closed`");
+    Ok(rewards)
+}
+
+/// The `rewardfleet` binary, built by `cargo build` next to the test executables.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("rewardfleet");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p rewardfleet-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
