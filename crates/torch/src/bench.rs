@@ -31,7 +31,7 @@ pub fn text_of_tokens(tokens: usize, seed: u64) -> String {
         if i > 0 {
             out.push(' ');
         }
-        out.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
+        out.push_str(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]);
     }
     out
 }
@@ -42,7 +42,7 @@ pub struct SplitMix(pub u64);
 
 impl SplitMix {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -52,7 +52,7 @@ impl SplitMix {
 
     /// Uniform in (0, 1).
     pub fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
     /// Standard normal (Box–Muller).
@@ -302,10 +302,10 @@ pub async fn through_scorer(
         spawn(&mut set, g);
     }
     while let Some(done) = set.join_next().await {
-        if let Ok(outcomes) = done {
-            if let Some(Err(e)) = outcomes.into_iter().find(Result::is_err) {
-                failed.get_or_insert(e);
-            }
+        if let Ok(outcomes) = done
+            && let Some(Err(e)) = outcomes.into_iter().find(Result::is_err)
+        {
+            failed.get_or_insert(e);
         }
         if let Some(g) = next.next() {
             spawn(&mut set, g);

@@ -497,15 +497,15 @@ pub(crate) fn probe(
     }
     // The largest id the tokenizer can produce must have an embedding row.
     let vocab = vocab as i64;
-    if let Some(rows) = engine.embedding_rows() {
-        if rows < vocab {
-            return Err(TorchError::TokenizerMismatch {
-                model: model(),
-                message: format!(
-                    "the tokenizer has {vocab} tokens but the model's embedding table has {rows} rows"
-                ),
-            });
-        }
+    if let Some(rows) = engine.embedding_rows()
+        && rows < vocab
+    {
+        return Err(TorchError::TokenizerMismatch {
+            model: model(),
+            message: format!(
+                "the tokenizer has {vocab} tokens but the model's embedding table has {rows} rows"
+            ),
+        });
     }
     // On CUDA an out-of-range id is a device-side assert that poisons the context: only probe on CPU
     // and rely on the table check above elsewhere.

@@ -83,7 +83,7 @@ impl Encoder {
             .unwrap_or(0);
         tokenizer.with_padding(None);
         let truncate = cfg.truncation_side != TruncationSide::None;
-        let truncation = truncate.then(|| TruncationParams {
+        let truncation = truncate.then_some(TruncationParams {
             direction: match cfg.truncation_side {
                 TruncationSide::Right => TruncationDirection::Right,
                 _ => TruncationDirection::Left,

@@ -179,10 +179,10 @@ impl ModelConfig {
                 ),
             ));
         }
-        let allowed: &[&str] = if self.device == "cpu" {
-            &["f32", "bf16"]
-        } else {
+        let allowed: &[&str] = if self.device.starts_with("cuda:") {
             &["f32", "bf16", "f16"]
+        } else {
+            &["f32", "bf16"]
         };
         if !allowed.contains(&self.dtype.as_str()) {
             p.push(ConfigProblem::new(
