@@ -16,6 +16,10 @@
 //! The binary is found through `REWARDFLEET_NATS_SERVER` (a path), then `PATH`, then the usual
 //! Debian locations. The README's set-up installs it (`apt-get install nats-server`).
 
+mod models;
+
+pub use models::{models_script, python, test_models};
+
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
