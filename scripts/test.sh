@@ -7,6 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Judge-and-rules-only workers build without libtorch.
+cargo clippy -p rewardfleet-cli --no-default-features --locked -- -D warnings
 # The end-to-end tests run the real binary.
 cargo build --locked -p rewardfleet-cli
 cargo test --workspace --locked
