@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,18 +14,6 @@ use support::process::Process;
 use support::*;
 
 const N: usize = 400;
-
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_jobs_and_exits_zero() {
@@ -113,8 +100,8 @@ floor = -1.0
     let _gateway = Process::start("gateway", &["gateway"], &config_a, "listening");
     let mut worker_a = Process::start("worker-a", &["worker"], &config_a, "pulling");
     let _worker_b = Process::start("worker-b", &["worker"], &config_b, "pulling");
-    assert_eq!(http_status(health_a, "/readyz"), Some(200));
-    assert_eq!(http_status(health_a, "/livez"), Some(200));
+    assert_eq!(http_status(&format!("127.0.0.1:{health_a}"), "/readyz"), Some(200));
+    assert_eq!(http_status(&format!("127.0.0.1:{health_a}"), "/livez"), Some(200));
     let mut client = Command::new(binary())
         .args(["score", "--profile", "judged", "--gateway"])
         .arg(format!("http://127.0.0.1:{port}"))

@@ -19,7 +19,7 @@ use rewardfleet_proto::v1::{Batch, Close, ScoreRequest, SessionOpen, score_reque
 use rewardfleet_testkit::{NatsServer, free_port, test_models};
 use serde_json::Value;
 use support::process::Process;
-use support::{binary, score_all};
+use support::{binary, http_status, score_all};
 
 fn models() -> PathBuf {
     test_models("tiny", &[], Path::new(env!("CARGO_TARGET_TMPDIR")))
@@ -121,18 +121,6 @@ fn cases(exp: &Value) -> (Vec<Candidate>, Vec<Candidate>, HashMap<String, f64>) 
     (mix, similar, want)
 }
 
-/// `GET path` on `addr`: the status code.
-async fn http_status(addr: &str, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
-    body.split(' ').nth(1)?.parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_rewards_through_the_fleet_match_pytorch_and_embedded_mode() {
     let dir = models();
@@ -158,7 +146,7 @@ async fn model_rewards_through_the_fleet_match_pytorch_and_embedded_mode() {
         // Ready once its consumer pulls (just after the line above).
         let mut ready = None;
         for _ in 0..100 {
-            ready = http_status(&health, "/readyz").await;
+            ready = http_status(&health, "/readyz");
             if ready == Some(200) {
                 break;
             }
@@ -287,7 +275,7 @@ async fn a_broken_model_keeps_the_worker_unready_and_names_the_cause() {
             tokio::select! {
                 out = &mut output => break out.unwrap().unwrap(),
                 () = tokio::time::sleep(Duration::from_millis(20)) => {
-                    seen_ready |= http_status(&health, "/readyz").await == Some(200);
+                    seen_ready |= http_status(&health, "/readyz") == Some(200);
                 }
             }
         };

@@ -251,3 +251,66 @@ impl ScorerSource for rewardfleet_torch::ModelSet {
         ComponentKind::Model
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        toml::from_str(text).expect("the test config parses")
+    }
+
+    #[test]
+    fn rule_profiles_build_in_component_order() {
+        let c = config(
+            r#"
+[profile.p]
+components = [
+  { rule = "exact_match", weight = 2.0 },
+  { rule = "max_chars", limit = 10, gate = true, name = "short" },
+]
+"#,
+        );
+        let pipeline = build_pipeline(&c, &[]).expect("builds");
+        let p = &pipeline.profiles()["p"];
+        let shape: Vec<_> = p
+            .components
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight, c.gate, c.kind))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("exact_match", 2.0, None, ComponentKind::Rule),
+                ("short", 0.0, Some(1.0), ComponentKind::Rule),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let c = config(
+            r#"
+[profile.p]
+components = [
+  { scorer = "rm" },
+  { rule = "regex" },
+  { rule = "exact_match", fallback = "judge" },
+]
+"#,
+        );
+        let Err(BuildError::Config(problems)) = build_pipeline(&c, &[]) else {
+            panic!("a profile with unknown scorers built");
+        };
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for want in [
+            "profile.p.components[0].scorer: \"rm\" is not a model or judge",
+            "profile.p.components[1]",
+            "profile.p.components[2].fallback: \"judge\" is not a model or judge",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(problems.len(), 3, "{text}");
+    }
+}

@@ -231,3 +231,18 @@ pub fn binary() -> PathBuf {
     );
     bin
 }
+
+/// `GET path` over HTTP/1.1 on `addr` (a health endpoint): the status code, `None` when nothing
+/// answers.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
