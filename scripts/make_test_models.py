@@ -90,10 +90,12 @@ class TinyEncoder(nn.Module):
         self.ln = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, 3 if head == "bad_shape" else 1)
         self.scale = 1.0 / math.sqrt(hidden)
+        # An integer buffer, as Hugging Face models have: casting the model to bf16 must leave it.
+        self.register_buffer("position_ids", torch.arange(max_pos).unsqueeze(0))
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         t = input_ids.size(1)
-        positions = torch.arange(t, device=input_ids.device).unsqueeze(0)
+        positions = self.position_ids[:, :t]
         x = self.emb(input_ids) + self.pos(positions)
         scores = torch.matmul(self.q(x), self.k(x).transpose(1, 2)) * self.scale
         mask = attention_mask.to(x.dtype).unsqueeze(1)

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 
 /// The python with torch: `RF_PYTHON`, else the set-up's virtualenv
 /// (`~/.cache/rewardfleet/venv`), else `python3`.
@@ -25,8 +26,8 @@ pub fn models_script() -> PathBuf {
 }
 
 /// Runs `make_test_models.py <command> <dir> <extra…>` unless `<cache>/<command>…-<script hash>`
-/// already holds a finished build (its `DONE` file); returns that directory. Concurrent callers
-/// each build into a temporary directory and the first to finish wins the rename.
+/// already holds a finished build (its `DONE` file); returns that directory. Concurrent processes
+/// each build into a temporary directory of their own and the first to finish wins the rename.
 ///
 /// # Panics
 /// When python cannot import torch and tokenizers (the set-up installs them: a test must fail,
@@ -43,6 +44,9 @@ pub fn test_models(command: &str, extra: &[&str], cache: &Path) -> PathBuf {
         .join("-")
         .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
     let dir = cache.join(format!("rf-test-models/{name}-{hash:016x}"));
+    // The tests of one process build one at a time (the temporary directory is per process).
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(PoisonError::into_inner);
     if dir.join("DONE").is_file() {
         return dir;
     }

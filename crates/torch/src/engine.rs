@@ -127,7 +127,16 @@ impl Engine {
         let mut module = CModule::load_on_device(path, device).map_err(load_err)?;
         module.f_set_eval().map_err(load_err)?;
         if dtype != Kind::Float {
-            module.to(device, dtype, false);
+            // `CModule::to` casts every tensor of the module, integer buffers too (BERT's
+            // position ids would become bf16 and break its embedding lookup). Cast the
+            // floating-point parameters only, as `torch.nn.Module.to` does.
+            let params = module.named_parameters().map_err(load_err)?;
+            for (_, mut p) in params {
+                if p.is_floating_point() {
+                    let cast = p.f_to_kind(dtype).map_err(load_err)?;
+                    p.f_set_data(&cast).map_err(load_err)?;
+                }
+            }
         }
         Ok(Self {
             module,

@@ -96,7 +96,17 @@ pub enum TorchError {
 pub(crate) fn brief(e: &tch::TchError) -> String {
     let text = e.to_string();
     let cut = text.find("\nException raised from").unwrap_or(text.len());
-    let mut out: String = text[..cut].lines().take(6).collect::<Vec<_>>().join(" | ");
+    // A TorchScript error is a traceback whose cause comes last: keep the first line and the end.
+    let lines: Vec<&str> = text[..cut]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = if lines.len() <= 4 {
+        lines.join(" | ")
+    } else {
+        format!("{} | … | {}", lines[0], lines[lines.len() - 3..].join(" | "))
+    };
     if out.len() > 600 {
         let mut end = 600;
         while !out.is_char_boundary(end) {

@@ -446,6 +446,8 @@ fn load_errors_name_the_model_and_the_cause() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bf16_on_cpu_runs_close_to_f32() {
+    // The tiny models hold an int64 `position_ids` buffer, like Hugging Face models: only the
+    // floating-point parameters may be cast.
     let set = load(vec![ModelConfig {
         dtype: "bf16".into(),
         ..cfg("rm", "scalar.pt", ModelKind::Scalar)
