@@ -100,8 +100,14 @@ floor = -1.0
     let _gateway = Process::start("gateway", &["gateway"], &config_a, "listening");
     let mut worker_a = Process::start("worker-a", &["worker"], &config_a, "pulling");
     let _worker_b = Process::start("worker-b", &["worker"], &config_b, "pulling");
-    assert_eq!(http_status(&format!("127.0.0.1:{health_a}"), "/readyz"), Some(200));
-    assert_eq!(http_status(&format!("127.0.0.1:{health_a}"), "/livez"), Some(200));
+    assert_eq!(
+        http_status(&format!("127.0.0.1:{health_a}"), "/readyz"),
+        Some(200)
+    );
+    assert_eq!(
+        http_status(&format!("127.0.0.1:{health_a}"), "/livez"),
+        Some(200)
+    );
     let mut client = Command::new(binary())
         .args(["score", "--profile", "judged", "--gateway"])
         .arg(format!("http://127.0.0.1:{port}"))

@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! cargo build --release -p rewardfleet-cli --examples
-//! target/release/examples/model_bench --size 20m --dtype bf16 [--threads N] [--groups N] [--singles N]
+//! target/release/examples/model_bench --size 20m|100m --dtype f32|bf16|f16 [--device cpu|cuda:N]
+//!     [--threads N] [--groups N] [--singles N]
 //! ```
 //!
 //! The model (a BERT-like reward model with random weights and the MiniLM tokenizer) is built once
@@ -35,6 +36,7 @@ use rewardfleet_torch::bench::{self, BenchRow, Throughput, Traffic};
 struct Args {
     size: String,
     dtype: String,
+    device: String,
     threads: usize,
     groups: usize,
     singles: usize,
@@ -45,6 +47,7 @@ impl Args {
         let mut args = Self {
             size: "20m".into(),
             dtype: "f32".into(),
+            device: "cpu".into(),
             threads: 0,
             groups: 8,
             singles: 512,
@@ -60,6 +63,7 @@ impl Args {
             match flag.as_str() {
                 "--size" => args.size = value.clone(),
                 "--dtype" => args.dtype = value.clone(),
+                "--device" => args.device = value.clone(),
                 "--threads" => args.threads = number()?,
                 "--groups" => args.groups = number()?,
                 "--singles" => args.singles = number()?,
@@ -150,6 +154,7 @@ tokenizer = "{tokenizer}"
 kind = "scalar"
 template = "{{response}}"
 dtype = "{dtype}"
+device = "{device}"
 threads = {threads}
 max_length = {max_length}
 truncation_side = "right"
@@ -161,6 +166,7 @@ components = [{{ scorer = "rm" }}]
         path = model.path.display(),
         tokenizer = model.tokenizer.display(),
         dtype = model.dtype,
+        device = model.device,
         threads = model.threads,
         max_length = model.max_length,
         budget = model.max_batch_tokens,
@@ -294,6 +300,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_length: 2048,
         truncation_side: TruncationSide::Right,
         dtype: args.dtype.clone(),
+        device: args.device.clone(),
         threads: if args.threads == 0 {
             rewardfleet_torch::default_threads(1)
         } else {
@@ -306,9 +313,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Traffic::rl_singles(args.singles, 64, 42),
     ];
     println!(
-        "model bert-{} {}, {} intra-op thread(s), max_batch_tokens {}, max_wait {:?}, {} cores",
+        "model bert-{} {} on {}, {} intra-op thread(s), max_batch_tokens {}, max_wait {:?}, {} cores",
         args.size,
         args.dtype,
+        args.device,
         model.threads,
         model.max_batch_tokens,
         model.max_wait,

@@ -105,7 +105,11 @@ pub(crate) fn brief(e: &tch::TchError) -> String {
     let mut out = if lines.len() <= 4 {
         lines.join(" | ")
     } else {
-        format!("{} | … | {}", lines[0], lines[lines.len() - 3..].join(" | "))
+        format!(
+            "{} | … | {}",
+            lines[0],
+            lines[lines.len() - 3..].join(" | ")
+        )
     };
     if out.len() > 600 {
         let mut end = 600;
