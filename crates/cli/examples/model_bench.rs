@@ -9,9 +9,13 @@
 //!
 //! ```text
 //! cargo build --release -p rewardfleet-cli --examples
-//! target/release/examples/model_bench --size 20m|100m --dtype f32|bf16|f16 [--device cpu|cuda:N]
-//!     [--threads N] [--groups N] [--singles N]
+//! target/release/examples/model_bench --size 20m|100m --dtype f32|bf16|f16[,...] [--device cpu|cuda:N]
+//!     [--threads N[,N...]] [--max-batch-tokens N[,N...]] [--groups N] [--singles N]
 //! ```
+//!
+//! Several `--dtype`, `--threads` or `--max-batch-tokens` values make a sweep: every combination
+//! is measured in the same run, and a last table compares each one's fleet throughput with the
+//! first's. `--threads 0` and `--max-batch-tokens 0` (the defaults) are what a worker chooses.
 //!
 //! The model (a BERT-like reward model with random weights and the MiniLM tokenizer) is built once
 //! by `scripts/make_test_models.py bert` into `target/bench-models/`. Results: docs/benchmarks-torch.md.
@@ -35,9 +39,13 @@ use rewardfleet_torch::bench::{self, BenchRow, Throughput, Traffic};
 /// What the command line asks for.
 struct Args {
     size: String,
-    dtype: String,
+    /// dtypes to try.
+    dtypes: Vec<String>,
     device: String,
-    threads: usize,
+    /// Intra-op threads to try (0: the default for this machine).
+    threads: Vec<usize>,
+    /// `max_batch_tokens` values to try.
+    budgets: Vec<usize>,
     groups: usize,
     singles: usize,
 }
@@ -46,27 +54,34 @@ impl Args {
     fn parse() -> anyhow::Result<Self> {
         let mut args = Self {
             size: "20m".into(),
-            dtype: "f32".into(),
+            dtypes: vec!["f32".into()],
             device: "cpu".into(),
-            threads: 0,
+            threads: vec![0],
+            budgets: vec![0],
             groups: 8,
             singles: 512,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            let number = || {
+            let number = |text: &str| {
+                text.parse::<usize>()
+                    .with_context(|| format!("{flag}: {text:?} is not a number"))
+            };
+            let numbers = || {
                 value
-                    .parse::<usize>()
-                    .with_context(|| format!("{flag}: {value:?} is not a number"))
+                    .split(',')
+                    .map(number)
+                    .collect::<anyhow::Result<Vec<_>>>()
             };
             match flag.as_str() {
                 "--size" => args.size = value.clone(),
-                "--dtype" => args.dtype = value.clone(),
+                "--dtype" => args.dtypes = value.split(',').map(str::to_owned).collect(),
                 "--device" => args.device = value.clone(),
-                "--threads" => args.threads = number()?,
-                "--groups" => args.groups = number()?,
-                "--singles" => args.singles = number()?,
+                "--threads" => args.threads = numbers()?,
+                "--max-batch-tokens" => args.budgets = numbers()?,
+                "--groups" => args.groups = number(&value)?,
+                "--singles" => args.singles = number(&value)?,
                 other => {
                     bail!("unknown flag {other}; see the doc comment of examples/model_bench.rs")
                 }
@@ -169,7 +184,7 @@ components = [{{ scorer = "rm" }}]
         device = model.device,
         threads = model.threads,
         max_length = model.max_length,
-        budget = model.max_batch_tokens,
+        budget = model.batch_token_budget(),
     )
 }
 
@@ -268,64 +283,127 @@ async fn through_fleet(model: &ModelConfig, shapes: &[Traffic]) -> anyhow::Resul
     Ok(out)
 }
 
-fn table(rows: &[BenchRow], fleet: &[Throughput]) -> String {
+/// The measurements of one configuration.
+struct Measured {
+    dtype: String,
+    threads: usize,
+    budget: usize,
+    rows: Vec<BenchRow>,
+    fleet: Vec<Throughput>,
+}
+
+fn table(measured: &[Measured]) -> String {
     let mut out = String::from(
-        "| model | traffic | cands | (a) raw cand/s | (b) batcher cand/s | (c) fleet cand/s | (b) padding eff. | b/a | c/a |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| model | threads | max_batch_tokens | traffic | cands | (a) raw cand/s | (b) batcher cand/s | (c) fleet cand/s | (b) padding eff. | b/a | c/a |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (r, c) in rows.iter().zip(fleet) {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.2} | {:.2} |\n",
-            r.model,
-            r.traffic,
-            r.raw.candidates,
-            r.raw.per_second(),
-            r.batched.per_second(),
-            c.per_second(),
-            100.0 * r.batched.tokens as f64 / r.batched.padded_tokens.max(1) as f64,
-            r.ratio(),
-            c.per_second() / r.raw.per_second().max(1e-9),
-        ));
+    for m in measured {
+        for (r, c) in m.rows.iter().zip(&m.fleet) {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.2} | {:.2} |\n",
+                r.model,
+                m.threads,
+                m.budget,
+                r.traffic,
+                r.raw.candidates,
+                r.raw.per_second(),
+                r.batched.per_second(),
+                c.per_second(),
+                100.0 * r.batched.tokens as f64 / r.batched.padded_tokens.max(1) as f64,
+                r.ratio(),
+                c.per_second() / r.raw.per_second().max(1e-9),
+            ));
+        }
+    }
+    out
+}
+
+/// For a sweep: each configuration's fleet throughput over the first configuration's.
+fn sweep_table(measured: &[Measured]) -> String {
+    let Some(first) = measured.first() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\n(c) relative to {} with {} thread(s), max_batch_tokens {}:\n\n| dtype | threads | max_batch_tokens | traffic | (c) fleet cand/s | (c) / first (c) |\n|---|---|---|---|---|---|\n",
+        first.dtype, first.threads, first.budget
+    );
+    for m in measured {
+        for ((r, c), base) in m.rows.iter().zip(&m.fleet).zip(&first.fleet) {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {:.1} | {:.2} |\n",
+                m.dtype,
+                m.threads,
+                m.budget,
+                r.traffic,
+                c.per_second(),
+                c.per_second() / base.per_second().max(1e-9),
+            ));
+        }
     }
     out
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = model_dir(&args.size);
-    let model = ModelConfig {
-        name: format!("bert-{}", args.size),
-        path: dir.join(format!("bert-{}.pt", args.size)),
-        tokenizer: dir.join("tokenizer.json"),
-        kind: ModelKind::Scalar,
-        template: "{response}".into(),
-        max_length: 2048,
-        truncation_side: TruncationSide::Right,
-        dtype: args.dtype.clone(),
-        device: args.device.clone(),
-        threads: if args.threads == 0 {
-            rewardfleet_torch::default_threads(1)
-        } else {
-            args.threads
-        },
-        ..ModelConfig::default()
-    };
     let shapes = [
         Traffic::fixed_batches(args.groups, 64, 256),
         Traffic::rl_singles(args.singles, 64, 42),
     ];
-    println!(
-        "model bert-{} {} on {}, {} intra-op thread(s), max_batch_tokens {}, max_wait {:?}, {} cores",
-        args.size,
-        args.dtype,
-        args.device,
-        model.threads,
-        model.max_batch_tokens,
-        model.max_wait,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
-    // (a) and (b) in this process; the model is dropped before the fleet starts.
-    let rows = bench::run(&model, Path::new("/"), &shapes).await?;
-    let fleet = through_fleet(&model, &shapes).await?;
-    print!("{}", table(&rows, &fleet));
+    let mut measured = Vec::new();
+    let mut configs = Vec::new();
+    for dtype in &args.dtypes {
+        for &threads in &args.threads {
+            for &budget in &args.budgets {
+                configs.push((dtype, threads, budget));
+            }
+        }
+    }
+    for (dtype, threads, budget) in configs {
+        let model = ModelConfig {
+            name: format!("bert-{}", args.size),
+            path: dir.join(format!("bert-{}.pt", args.size)),
+            tokenizer: dir.join("tokenizer.json"),
+            kind: ModelKind::Scalar,
+            template: "{response}".into(),
+            max_length: 2048,
+            truncation_side: TruncationSide::Right,
+            dtype: dtype.clone(),
+            device: args.device.clone(),
+            threads: if threads == 0 {
+                rewardfleet_torch::default_threads(1)
+            } else {
+                threads
+            },
+            max_batch_tokens: budget,
+            ..ModelConfig::default()
+        };
+        println!(
+            "model bert-{} {} on {}, {} intra-op thread(s), max_batch_tokens {}, max_wait {:?}, {} cores, native CPU bf16: {}",
+            args.size,
+            dtype,
+            args.device,
+            model.threads,
+            model.batch_token_budget(),
+            model.max_wait,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rewardfleet_torch::cpu_has_native_bf16(),
+        );
+        // (a) and (b) in this process; the model is dropped before the fleet starts.
+        let rows = bench::run(&model, Path::new("/"), &shapes).await?;
+        let fleet = through_fleet(&model, &shapes).await?;
+        let one = Measured {
+            dtype: dtype.clone(),
+            threads: model.threads,
+            budget: model.batch_token_budget(),
+            rows,
+            fleet,
+        };
+        print!("{}", table(std::slice::from_ref(&one)));
+        measured.push(one);
+    }
+    if measured.len() > 1 {
+        print!("\nAll configurations:\n\n{}", table(&measured));
+        print!("{}", sweep_table(&measured));
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rewardfleet_core::config::ModelConfig;
 use rewardfleet_core::{Candidate, ChatMessage, ScoreContext, Scorer};
@@ -375,7 +375,7 @@ pub async fn run(
         let candidates: Vec<&Candidate> = traffic.candidates().collect();
         let token_rows = tokenize(cfg, base_dir, &candidates)?;
         let in_flight = traffic.in_flight * traffic.groups.iter().map(Vec::len).max().unwrap_or(1);
-        let batches = pack(token_rows, cfg.max_batch_tokens, in_flight);
+        let batches = pack(token_rows, cfg.batch_token_budget(), in_flight);
         let raw = {
             let (owned, base) = (cfg.clone(), base_dir.to_owned());
             tokio::task::spawn_blocking(move || raw_forward(&owned, &base, &batches))
@@ -394,35 +394,6 @@ pub async fn run(
         });
     }
     Ok(rows)
-}
-
-/// The table, Markdown.
-pub fn table(rows: &[BenchRow]) -> String {
-    let mut out = String::from(
-        "| model | traffic | cands | (a) raw cand/s | (a) tok/s | (b) batcher cand/s | (b) tok/s | (b) padding eff. | b/a |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.0}% | {:.2} |\n",
-            r.model,
-            r.traffic,
-            r.raw.candidates,
-            r.raw.per_second(),
-            r.raw.tokens_per_second(),
-            r.batched.per_second(),
-            r.batched.tokens_per_second(),
-            100.0 * r.batched.tokens as f64 / r.batched.padded_tokens.max(1) as f64,
-            r.ratio()
-        ));
-    }
-    out
-}
-
-/// How long a closure takes, for ad-hoc measurements.
-pub fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let start = Instant::now();
-    let out = f();
-    (out, start.elapsed())
 }
 
 #[cfg(test)]

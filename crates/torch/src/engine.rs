@@ -83,6 +83,24 @@ pub fn device_and_kind(cfg: &ModelConfig) -> Result<(Device, Kind), TorchError> 
     Ok((device, kind))
 }
 
+/// Whether this CPU computes bf16 natively (AVX512-BF16, which CPUs with AMX also have, or
+/// Arm's BF16). Without it libtorch converts to f32 and back around every operator, and a bf16
+/// model runs slower than the same model in f32 (docs/benchmarks-torch.md).
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// The intra-op threads a replica uses when the config says 0: one less than the cores this
 /// process may use (room for the batcher, the runtime, a gateway, nats-server), shared among the
 /// replicas, at least 1. On 2 cores that is 1: with 2, any other busy process stalled a forward

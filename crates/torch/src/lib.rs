@@ -21,7 +21,7 @@ use std::sync::Arc;
 use rewardfleet_core::Scorer;
 use rewardfleet_core::config::ModelConfig;
 
-pub use engine::{default_threads, device_and_kind};
+pub use engine::{cpu_has_native_bf16, default_threads, device_and_kind};
 pub use error::TorchError;
 pub use model::{ModelStats, RewardModel, cosine};
 pub use text::{Encoder, render};

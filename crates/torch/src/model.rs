@@ -111,7 +111,7 @@ impl RewardModel {
         let (intake, intake_rx) = mpsc::sync_channel::<Msg>(cfg.queue_capacity + replicas + 1);
         let counters = Arc::new(Counters::default());
         let warmup_width = cfg.max_length;
-        let warmup_rows = (cfg.max_batch_tokens / cfg.max_length.max(1)).max(1);
+        let warmup_rows = (cfg.batch_token_budget() / cfg.max_length.max(1)).max(1);
         let vocab = encoder.vocab_size as i64;
 
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TorchError>>();
@@ -171,7 +171,7 @@ impl RewardModel {
         let batcher = Batcher {
             settings: BatcherSettings {
                 model: name.clone(),
-                max_batch_tokens: cfg.max_batch_tokens,
+                max_batch_tokens: cfg.batch_token_budget(),
                 max_wait: cfg.max_wait,
             },
             encoder,
@@ -188,6 +188,9 @@ impl RewardModel {
                 model: name.clone(),
                 message: e.to_string(),
             })?;
+        if cfg.dtype == "bf16" && cfg.device == "cpu" && !crate::engine::cpu_has_native_bf16() {
+            tracing::warn!(model = %name, "dtype bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): expect it to run slower than f32");
+        }
         tracing::info!(model = %name, replicas, threads, device = %cfg.device, dtype = %cfg.dtype, "reward model ready");
         Ok(Self {
             inner: Arc::new(Inner {

@@ -23,7 +23,8 @@ pub struct ModelConfig {
     pub device: String,
     /// `f32` or `bf16` on CPU; `f32`, `bf16` or `f16` on CUDA.
     pub dtype: String,
-    /// Padded tokens per forward pass (batch size × longest sequence).
+    /// Padded tokens per forward pass (batch size × longest sequence); 0: chosen by device
+    /// ([`ModelConfig::batch_token_budget`]).
     pub max_batch_tokens: usize,
     /// Longest sequence the model sees, special tokens included; longer inputs are truncated on
     /// `truncation_side`. Must not exceed the model's position embeddings (checked at load).
@@ -62,7 +63,7 @@ impl Default for ModelConfig {
             kind: ModelKind::Scalar,
             device: "cpu".into(),
             dtype: "f32".into(),
-            max_batch_tokens: 16_384,
+            max_batch_tokens: 0,
             max_length: 512,
             truncation_side: TruncationSide::Left,
             max_wait: Duration::from_millis(2),
@@ -110,6 +111,30 @@ pub enum Pooling {
     Mean,
     /// The first token.
     Cls,
+}
+
+/// `max_batch_tokens` chosen for a CPU replica: on CPU, batches of about two thousand tokens
+/// keep their activations in cache and run faster per token than larger ones
+/// (docs/benchmarks-torch.md).
+pub const CPU_BATCH_TOKENS: usize = 2048;
+/// `max_batch_tokens` chosen for a GPU replica: large batches keep the GPU busy.
+pub const GPU_BATCH_TOKENS: usize = 16_384;
+
+impl ModelConfig {
+    /// The padded-token budget of one forward pass: `max_batch_tokens`, or when it is 0,
+    /// [`CPU_BATCH_TOKENS`] on CPU and [`GPU_BATCH_TOKENS`] on CUDA, raised to `max_length` so
+    /// that a full-length input fits.
+    pub fn batch_token_budget(&self) -> usize {
+        if self.max_batch_tokens != 0 {
+            return self.max_batch_tokens;
+        }
+        let by_device = if self.device == "cpu" {
+            CPU_BATCH_TOKENS
+        } else {
+            GPU_BATCH_TOKENS
+        };
+        by_device.max(self.max_length)
+    }
 }
 
 /// Largest `max_batch_tokens` accepted (a padded batch of this many tokens must fit in memory).
@@ -201,7 +226,7 @@ impl ModelConfig {
                 "must be at least 2",
             ));
         }
-        if self.max_batch_tokens < self.max_length {
+        if self.max_batch_tokens != 0 && self.max_batch_tokens < self.max_length {
             p.push(ConfigProblem::new(
                 format!("{path}.max_batch_tokens"),
                 format!(
@@ -277,7 +302,6 @@ mod tests {
             device: "gpu".into(),
             dtype: "f16".into(),
             max_length: 1,
-            max_batch_tokens: 0,
             template: "{promt} {response}".into(),
             max_wait: Duration::from_secs(5),
             threads: 5000,
@@ -293,7 +317,6 @@ mod tests {
             "model[0].device: \"gpu\" is not allowed",
             "model[0].dtype: \"f16\" is not allowed on gpu",
             "model[0].max_length: must be at least 2",
-            "model[0].max_batch_tokens: 0 is less than max_length",
             "model[0].template: unknown placeholder {promt}",
             "model[0].max_wait: 5s is too long",
             "model[0].threads: 5000 is more than 1024",
@@ -302,6 +325,44 @@ mod tests {
         ] {
             assert!(p.contains(key), "missing {key:?} in\n{p}");
         }
+    }
+
+    #[test]
+    fn the_batch_budget_follows_the_device_unless_set() {
+        let cpu = ModelConfig::default();
+        assert_eq!(cpu.batch_token_budget(), CPU_BATCH_TOKENS);
+        let long = ModelConfig {
+            max_length: 8192,
+            ..ModelConfig::default()
+        };
+        assert_eq!(long.batch_token_budget(), 8192);
+        assert!(
+            problems(&long)
+                .iter()
+                .all(|p| !p.contains("max_batch_tokens"))
+        );
+        let gpu = ModelConfig {
+            device: "cuda:0".into(),
+            ..ModelConfig::default()
+        };
+        assert_eq!(gpu.batch_token_budget(), GPU_BATCH_TOKENS);
+        let set = ModelConfig {
+            max_batch_tokens: 1000,
+            ..gpu
+        };
+        assert_eq!(set.batch_token_budget(), 1000);
+        let too_small = ModelConfig {
+            max_batch_tokens: 100,
+            ..ModelConfig::default()
+        };
+        assert!(
+            problems(&too_small)
+                .iter()
+                .any(|p| p
+                    .starts_with("model[0].max_batch_tokens: 100 is less than max_length (512)")),
+            "{:?}",
+            problems(&too_small)
+        );
     }
 
     #[test]
