@@ -77,36 +77,7 @@ async fn embedded_score_gives_identical_rewards() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fleet.toml");
     std::fs::write(&config, config_text(None, "")).unwrap();
-    let input = dir.path().join("in.jsonl");
-    let lines: Vec<String> = candidates
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "id": c.id, "group_id": c.group_id, "prompt": c.prompt[0].content,
-                "response": c.response, "reference": c.reference,
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
-    let output = dir.path().join("out.jsonl");
-    let status = std::process::Command::new(binary())
-        .args(["score", "--profile", "ranked", "--config"])
-        .arg(&config)
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let embedded: HashMap<String, serde_json::Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_owned(), v)
-        })
-        .collect();
+    let embedded = score_embedded(&config, "ranked", &candidates, dir.path());
     assert_eq!(embedded.len(), fleet_rewards.len());
     for r in &fleet_rewards {
         let e = &embedded[&r.candidate_id];

@@ -19,7 +19,7 @@ use rewardfleet_proto::v1::{Batch, Close, ScoreRequest, SessionOpen, score_reque
 use rewardfleet_testkit::{NatsServer, free_port, test_models};
 use serde_json::Value;
 use support::process::Process;
-use support::{binary, http_status, score_all};
+use support::{binary, http_status, score_all, score_embedded};
 
 fn models() -> PathBuf {
     test_models("tiny", &[], Path::new(env!("CARGO_TARGET_TMPDIR")))
@@ -208,33 +208,9 @@ async fn model_rewards_through_the_fleet_match_pytorch_and_embedded_mode() {
     let text = config(&dir, None, "127.0.0.1:0", "127.0.0.1:0", "scalar.pt");
     std::fs::write(&embedded_config, text).unwrap();
     for (profile, candidates) in [("mix", &mix), ("similar", &similar)] {
-        let input = tmp.path().join(format!("{profile}.jsonl"));
-        let lines: Vec<String> = candidates
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "id": c.id, "group_id": c.group_id, "prompt": "question",
-                    "response": c.response, "reference": c.reference,
-                })
-                .to_string()
-            })
-            .collect();
-        std::fs::write(&input, lines.join("\n")).unwrap();
-        let output = tmp.path().join(format!("{profile}.out.jsonl"));
-        let status = std::process::Command::new(binary())
-            .args(["score", "--profile", profile, "--config"])
-            .arg(&embedded_config)
-            .arg(&input)
-            .arg("-o")
-            .arg(&output)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let out = std::fs::read_to_string(&output).unwrap();
-        assert_eq!(out.lines().count(), candidates.len());
-        for line in out.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let id = v["id"].as_str().unwrap();
+        let embedded = score_embedded(&embedded_config, profile, candidates, tmp.path());
+        assert_eq!(embedded.len(), candidates.len());
+        for (id, v) in &embedded {
             let got = v["reward"].as_f64().unwrap();
             // Equal up to float summation order: the two modes may batch the texts differently,
             // and a batched matmul's rounding depends on the batch's shape.

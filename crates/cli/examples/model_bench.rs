@@ -268,8 +268,7 @@ async fn through_fleet(model: &ModelConfig, shapes: &[Traffic]) -> anyhow::Resul
         .max_encoding_message_size(64 << 20);
     let mut out = Vec::new();
     for (i, traffic) in shapes.iter().enumerate() {
-        let group = traffic.groups.iter().map(Vec::len).max().unwrap_or(1);
-        let window = u32::try_from(group * traffic.in_flight)?;
+        let window = u32::try_from(traffic.candidates_in_flight())?;
         // Untimed: the first groups warm the path (connections, consumers, allocator).
         session(
             &mut client,

@@ -136,6 +136,11 @@ impl Traffic {
         }
     }
 
+    /// Candidates in flight at most: `in_flight` requests of the largest group.
+    pub fn candidates_in_flight(&self) -> usize {
+        self.in_flight * self.groups.iter().map(Vec::len).max().unwrap_or(1)
+    }
+
     /// All candidates, in order.
     pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
         self.groups.iter().flatten()
@@ -374,8 +379,11 @@ pub async fn run(
     for traffic in shapes {
         let candidates: Vec<&Candidate> = traffic.candidates().collect();
         let token_rows = tokenize(cfg, base_dir, &candidates)?;
-        let in_flight = traffic.in_flight * traffic.groups.iter().map(Vec::len).max().unwrap_or(1);
-        let batches = pack(token_rows, cfg.batch_token_budget(), in_flight);
+        let batches = pack(
+            token_rows,
+            cfg.batch_token_budget(),
+            traffic.candidates_in_flight(),
+        );
         let raw = {
             let (owned, base) = (cfg.clone(), base_dir.to_owned());
             tokio::task::spawn_blocking(move || raw_forward(&owned, &base, &batches))

@@ -102,9 +102,10 @@ pub fn cpu_has_native_bf16() -> bool {
 }
 
 /// The intra-op threads a replica uses when the config says 0: one less than the cores this
-/// process may use (room for the batcher, the runtime, a gateway, nats-server), shared among the
-/// replicas, at least 1. On 2 cores that is 1: with 2, any other busy process stalled a forward
-/// 15–40× (docs/benchmarks-torch.md).
+/// process may use (room for the batcher, the runtime, a gateway, nats-server, a trainer),
+/// shared among the replicas, at least 1. Measured on 2 cores (docs/benchmarks-torch.md): 2
+/// threads are about twice as fast as 1 while nothing else runs, and slower than 1 as soon as
+/// another process is busy; on a machine of its own a worker should set `threads` to the cores.
 pub fn default_threads(replicas: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores.saturating_sub(1) / replicas.max(1)).max(1)

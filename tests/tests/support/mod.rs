@@ -232,6 +232,47 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Scores `candidates` with embedded `rewardfleet score --profile <profile> --config <config>`
+/// (the input written as JSONL under `dir`) and returns each output line by candidate id.
+pub fn score_embedded(
+    config: &Path,
+    profile: &str,
+    candidates: &[Candidate],
+    dir: &Path,
+) -> HashMap<String, serde_json::Value> {
+    let input = dir.join(format!("{profile}.in.jsonl"));
+    let lines: Vec<String> = candidates
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id, "group_id": c.group_id,
+                "prompt": c.prompt.first().map_or("", |m| m.content.as_str()),
+                "response": c.response, "reference": c.reference,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = dir.join(format!("{profile}.out.jsonl"));
+    let status = std::process::Command::new(binary())
+        .args(["score", "--profile", profile, "--config"])
+        .arg(config)
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .status()
+        .unwrap();
+    assert!(status.success(), "rewardfleet score exited with {status}");
+    std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
 /// `GET path` over HTTP/1.1 on `addr` (a health endpoint): the status code, `None` when nothing
 /// answers.
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
