@@ -131,9 +131,10 @@ impl Embedded {
     /// Builds the scorers and starts the worker.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let Scorers { pipeline, judges } = scorers(config, None).await?;
+        // Ledger entries and results of one session: twice the largest window.
         let queue: Arc<dyn Queue> = Arc::new(InProcessQueue::new(
-            config.worker.embedded_queue,
-            config.gateway.max_window as usize,
+            &config.worker,
+            2 * config.gateway.max_window as usize,
         ));
         let gateway = Gateway::new(config, Arc::clone(&queue));
         let worker = Worker::new(queue, pipeline, config.worker.clone(), "embedded");

@@ -125,7 +125,6 @@ fn make_job(session_id: &str, profile: &str, candidates: Vec<Candidate>) -> Job 
         session_id: session_id.to_owned(),
         profile: profile.to_owned(),
         candidates,
-        trace_context: Default::default(),
     }
 }
 

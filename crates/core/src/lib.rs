@@ -13,7 +13,7 @@ pub use job::{JobBounds, split_into_jobs};
 pub use pipeline::Pipeline;
 pub use profile::{Component, ComponentKind, Normalize, OnComponentFailure, Profile};
 pub use rewardfleet_proto::v1::{
-    Candidate, ChatMessage, Job, JobResult, Reward, reward::Status as RewardStatus,
+    Candidate, ChatMessage, Job, JobAccepted, JobResult, Reward, reward::Status as RewardStatus,
 };
 pub use scorer::{Score, ScoreContext, ScoreError, Scorer};
 

@@ -28,16 +28,12 @@ impl Pipeline {
         &self.profiles
     }
 
-    /// Scores every candidate of the job and returns one reward per candidate, in the job's order.
-    /// Groups are scored concurrently. A candidate that breaks a limit gets a FAILED reward naming
-    /// the field and the limit; its group is scored without it.
-    pub async fn score_job(&self, job: &Job) -> Vec<Reward> {
-        self.score_job_detailed(job).await.0
-    }
-
-    /// As [`Pipeline::score_job`], and whether some FAILED reward may succeed if the job is tried
-    /// again later (the worker then asks for a redelivery unless this was the last attempt).
-    pub async fn score_job_detailed(&self, job: &Job) -> (Vec<Reward>, bool) {
+    /// Scores every candidate of the job and returns one reward per candidate, in the job's order,
+    /// and whether some FAILED reward may succeed if the job is tried again later (the worker
+    /// then asks for a redelivery unless this was the last attempt). Groups are scored
+    /// concurrently. A candidate that breaks a limit gets a FAILED reward naming the field and
+    /// the limit; its group is scored without it.
+    pub async fn score_job(&self, job: &Job) -> (Vec<Reward>, bool) {
         let Some(profile) = self.profiles.get(&job.profile) else {
             let mut known: Vec<&String> = self.profiles.keys().collect();
             known.sort();

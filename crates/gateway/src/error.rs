@@ -14,9 +14,14 @@ pub enum GatewayError {
         /// What is wrong.
         message: String,
     },
-    /// The queue is unreachable: the client should retry (resume the session).
-    #[error("queue unavailable: {0}")]
-    Unavailable(#[from] QueueError),
+    /// The queue failed: unreachable or closed (the client should resume the session), or
+    /// refusing what it was given for good (a job over the server's max_payload, missing
+    /// streams: resuming cannot help).
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    /// The client's request stream could not be read; names what could not be read.
+    #[error("cannot read the request: {0}")]
+    Unreadable(String),
     /// The gateway is shutting down: resume the session on another gateway.
     #[error("the gateway is shutting down; reopen the session with the same session_id to resume")]
     ShuttingDown,
@@ -35,13 +40,33 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The same error, naming `field` when it is about the caller's input.
+    pub(crate) fn in_field(self, field: &str) -> Self {
+        match self {
+            Self::InvalidArgument { message, .. } => Self::InvalidArgument {
+                field: field.into(),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
 impl From<GatewayError> for tonic::Status {
     fn from(e: GatewayError) -> Self {
         match &e {
-            GatewayError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            GatewayError::Unavailable(_) | GatewayError::ShuttingDown => {
+            GatewayError::InvalidArgument { .. } | GatewayError::Unreadable(_) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            GatewayError::Queue(q) if q.is_retryable() || matches!(q, QueueError::Closed) => {
                 tonic::Status::unavailable(e.to_string())
             }
+            GatewayError::Queue(QueueError::Malformed(_)) => {
+                tonic::Status::failed_precondition(e.to_string())
+            }
+            GatewayError::Queue(_) => tonic::Status::internal(e.to_string()),
+            GatewayError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
         }
     }
 }

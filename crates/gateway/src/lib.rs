@@ -13,6 +13,7 @@ use rewardfleet_core::config::Config;
 use rewardfleet_core::{JobBounds, Limits};
 use rewardfleet_proto::v1::{ComponentInfo, ProfileInfo};
 use rewardfleet_queue::Queue;
+use tokio_util::task::TaskTracker;
 
 pub use error::GatewayError;
 pub use server::{RewardApi, serve};
@@ -34,6 +35,8 @@ struct Inner {
     default_window: u32,
     max_window: u32,
     stats: Stats,
+    /// Every session's task, so that a drain can wait for them.
+    sessions: TaskTracker,
 }
 
 /// Counters an operator (and a test) can read.
@@ -71,6 +74,7 @@ impl Gateway {
                 default_window: config.gateway.max_in_flight,
                 max_window: config.gateway.max_window,
                 stats: Stats::default(),
+                sessions: TaskTracker::new(),
             }),
         }
     }
@@ -88,6 +92,14 @@ impl Gateway {
             max_session_in_flight: s.max_session_in_flight.load(Ordering::Relaxed),
             sessions: s.sessions.load(Ordering::Relaxed),
         }
+    }
+
+    /// Waits until every session has ended (new sessions may still start meanwhile; they are
+    /// waited for too).
+    pub async fn sessions_ended(&self) {
+        self.inner.sessions.close();
+        self.inner.sessions.wait().await;
+        self.inner.sessions.reopen();
     }
 
     /// Resolves the profile a batch asks for.

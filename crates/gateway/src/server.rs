@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use rewardfleet_proto::v1::reward_service_server::{RewardService, RewardServiceServer};
 use rewardfleet_proto::v1::{
-    Batch, Close, ListProfilesRequest, ListProfilesResponse, ScoreBatchRequest, ScoreBatchResponse,
-    ScoreRequest, SessionOpen, score_request, score_response,
+    ListProfilesRequest, ListProfilesResponse, ScoreBatchRequest, ScoreBatchResponse, ScoreRequest,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -49,41 +48,14 @@ impl RewardService for RewardApi {
         request: Request<ScoreBatchRequest>,
     ) -> Result<Response<ScoreBatchResponse>, Status> {
         let request = request.into_inner();
-        let order: Vec<String> = request.candidates.iter().map(|c| c.id.clone()).collect();
-        let requests = futures::stream::iter([
-            ScoreRequest {
-                kind: Some(score_request::Kind::Open(SessionOpen {
-                    profile: request.profile.clone(),
-                    max_in_flight: 0,
-                    session_id: String::new(),
-                })),
-            },
-            ScoreRequest {
-                kind: Some(score_request::Kind::Batch(Batch {
-                    candidates: request.candidates,
-                    profile: request.profile,
-                })),
-            },
-            ScoreRequest {
-                kind: Some(score_request::Kind::Close(Close {})),
-            },
-        ])
-        .map(Ok);
-        let mut responses = self.gateway.score(requests, self.sessions.child_token());
-        let mut rewards = std::collections::HashMap::with_capacity(order.len());
-        while let Some(response) = responses.next().await {
-            if let Some(score_response::Kind::Reward(r)) = response?.kind {
-                rewards.insert(r.candidate_id.clone(), r);
-            }
-        }
-        let rewards = order
-            .iter()
-            .map(|id| {
-                rewards
-                    .remove(id)
-                    .ok_or_else(|| Status::internal(format!("no reward for candidate {id:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let rewards = self
+            .gateway
+            .score_batch(
+                request.profile,
+                request.candidates,
+                self.sessions.child_token(),
+            )
+            .await?;
         Ok(Response::new(ScoreBatchResponse { rewards }))
     }
 
@@ -137,25 +109,25 @@ pub async fn serve(
                 .set_not_serving::<RewardServiceServer<RewardApi>>()
                 .await;
             stop_accepting.cancel();
-            let deadline = tokio::time::Instant::now() + drain_timeout;
-            while gateway.stats().sessions > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::timeout(drain_timeout, gateway.sessions_ended())
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    open = gateway.stats().sessions,
+                    "drain deadline: ending open sessions"
+                );
             }
-            tracing::info!(
-                open = gateway.stats().sessions,
-                "drain deadline: ending open sessions"
-            );
             sessions.cancel();
         }
     };
     tokio::spawn(drain);
 
-    let incoming = TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(api)
-        .serve_with_incoming_shutdown(incoming, stop_accepting.cancelled_owned());
+        .serve_with_incoming_shutdown(incoming(listener), stop_accepting.cancelled_owned());
     // hyper waits without limit for connections to close: bound the wait.
     let grace = drain_timeout + Duration::from_secs(2);
     tokio::select! {
@@ -164,5 +136,38 @@ pub async fn serve(
             tracing::warn!(?grace, "connections still open after the drain; closing");
             Ok(())
         }
+    }
+}
+
+/// The connections accepted on `listener`, each with `TCP_NODELAY` set: a reward is a small
+/// message that must leave at once, not wait for Nagle's algorithm to meet the client's delayed
+/// ACK (40 ms a response on a reused channel). tonic's own `tcp_nodelay` applies only to the
+/// listeners it binds itself.
+fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on a trainer connection");
+        }
+        Ok(stream)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = Box::pin(incoming(listener));
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(server_side.nodelay().expect("read TCP_NODELAY"));
     }
 }

@@ -1,24 +1,28 @@
-//! One Score session: admits batches while its window has room, publishes their jobs, and streams
-//! each reward back as its job's result arrives.
+//! One Score session: admits batches while its window has room, publishes their jobs, records
+//! them in the session's ledger, and streams each reward back as its job's result arrives.
+//!
+//! What a session owes survives the gateway: the queue keeps the session's record (a ledger
+//! entry per accepted job, and the results), so a gateway that resumes the session replays it
+//! and answers `closed` only once every candidate ever accepted has had its reward sent.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use prost::Message;
-use rewardfleet_core::{Candidate, Job, JobResult, failed_reward, split_into_jobs};
+use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, failed_reward, split_into_jobs};
 use rewardfleet_proto::v1::{
-    BatchAccepted, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen, SessionOpened,
-    score_request, score_response,
+    Batch, BatchAccepted, Close, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen,
+    SessionOpened, score_request, score_response,
 };
-use rewardfleet_queue::{QueueError, ResultStream};
+use rewardfleet_queue::{QueueError, ResultStream, SessionEvent};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{Gateway, GatewayError};
 
@@ -29,32 +33,124 @@ pub type ScoreStream = Pin<Box<dyn Stream<Item = Result<ScoreResponse, Status>> 
 /// reads slowly, the session stops reading results and requests (backpressure, not buffering).
 const RESPONSE_BUFFER: usize = 64;
 
+/// Whether a session can be resumed by its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resumable {
+    /// A `Score` stream: a broken stream leaves the session's record for a resume.
+    Yes,
+    /// A `ScoreBatch` call: when its caller leaves (deadline, cancel) no one can read the
+    /// session again, so its jobs not yet started are dropped and its record with them.
+    No,
+}
+
+/// How a session's run ended without an error.
+enum Ended {
+    /// `closed` was sent: every candidate accepted had its reward.
+    Closed,
+    /// The client went away (or broke its stream) first.
+    ClientLeft,
+}
+
 impl Gateway {
     /// Runs a session over a stream of requests (first `open`, then batches, then `close`) and
     /// returns the stream of responses. The session ends early with `UNAVAILABLE` when `cancel`
-    /// fires (shutdown: the client resumes elsewhere) and with `INVALID_ARGUMENT` on bad input.
+    /// fires (shutdown: the client resumes elsewhere) and with `INVALID_ARGUMENT` on bad input,
+    /// including requests that cannot be decoded.
     pub fn score<S>(&self, requests: S, cancel: CancellationToken) -> ScoreStream
+    where
+        S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
+    {
+        self.spawn_session(requests, cancel, Resumable::Yes)
+    }
+
+    /// Scores one batch in a session of its own and returns its rewards in candidate order.
+    /// If the caller stops waiting (the future is dropped), the session is abandoned: its jobs
+    /// not yet started are skipped and its results dropped.
+    ///
+    /// # Errors
+    /// The status the session ended with (bad input, the queue unreachable, shutdown).
+    pub async fn score_batch(
+        &self,
+        profile: String,
+        candidates: Vec<Candidate>,
+        cancel: CancellationToken,
+    ) -> Result<Vec<Reward>, Status> {
+        let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
+        let requests = futures::stream::iter([
+            ScoreRequest {
+                kind: Some(score_request::Kind::Open(SessionOpen {
+                    profile: profile.clone(),
+                    max_in_flight: 0,
+                    session_id: String::new(),
+                })),
+            },
+            ScoreRequest {
+                kind: Some(score_request::Kind::Batch(Batch {
+                    candidates,
+                    profile,
+                })),
+            },
+            ScoreRequest {
+                kind: Some(score_request::Kind::Close(Close {})),
+            },
+        ])
+        .map(Ok);
+        let mut responses = self.spawn_session(requests, cancel, Resumable::No);
+        let mut rewards = HashMap::with_capacity(order.len());
+        while let Some(response) = responses.next().await {
+            if let Some(score_response::Kind::Reward(r)) = response?.kind {
+                rewards.insert(r.candidate_id.clone(), r);
+            }
+        }
+        order
+            .iter()
+            .map(|id| {
+                rewards
+                    .remove(id)
+                    .ok_or_else(|| Status::internal(format!("no reward for candidate {id:?}")))
+            })
+            .collect()
+    }
+
+    fn spawn_session<S>(
+        &self,
+        requests: S,
+        cancel: CancellationToken,
+        resumable: Resumable,
+    ) -> ScoreStream
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.clone();
-        tokio::spawn(async move {
-            let outcome = gateway.run_session(requests, &tx, cancel).await;
-            if let Err(e) = outcome {
-                tracing::debug!(error = %e, "session ended with an error");
-                let _ = tx.send(Err(e.into())).await;
+        self.inner.sessions.spawn(async move {
+            match gateway.run_session(requests, &tx, cancel).await {
+                Ok((_, Ended::Closed)) => {}
+                Ok((id, Ended::ClientLeft)) if resumable == Resumable::No => {
+                    tracing::debug!(session = %id, "caller left; abandoning the session");
+                    if let Err(e) = gateway.inner.queue.abandon_session(&id).await {
+                        tracing::warn!(session = %id, error = %e, "could not abandon the session");
+                    }
+                }
+                Ok((id, Ended::ClientLeft)) => {
+                    tracing::debug!(session = %id, "client left; the session's record stays for a resume");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "session ended with an error");
+                    let _ = tx.send(Err(e.into())).await;
+                }
             }
         });
         Box::pin(ReceiverStream::new(rx))
     }
 
+    /// Runs one session to its end; returns its id and how it ended.
     async fn run_session<S>(
         &self,
         mut requests: S,
         tx: &mpsc::Sender<Result<ScoreResponse, Status>>,
         cancel: CancellationToken,
-    ) -> Result<(), GatewayError>
+    ) -> Result<(String, Ended), GatewayError>
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin,
     {
@@ -68,10 +164,11 @@ impl Gateway {
                     message: "the first request of a Score stream must be `open`".into(),
                 });
             }
-            Some(Err(_)) | None => return Ok(()),
+            Some(Err(status)) => return unreadable(status, "the first request (open)", ""),
+            None => return Ok((String::new(), Ended::ClientLeft)),
         };
         let mut session = self.open_session(open)?;
-        let mut results = self.subscribe(&session.id, &cancel).await?;
+        let mut events = self.subscribe(&session.id, &cancel).await?;
         let opened = ScoreResponse {
             kind: Some(score_response::Kind::Opened(SessionOpened {
                 session_id: session.id.clone(),
@@ -80,33 +177,31 @@ impl Gateway {
             })),
         };
         if tx.send(Ok(opened)).await.is_err() {
-            return Ok(());
+            return Ok((session.id, Ended::ClientLeft));
         }
-        self.inner.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.inner.stats;
+        stats.sessions.fetch_add(1, Ordering::Relaxed);
         let outcome = self
-            .drive(&mut session, &mut requests, &mut results, tx, &cancel)
+            .drive(&mut session, &mut requests, &mut events, tx, &cancel)
             .await;
-        self.inner.stats.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.inner
-            .stats
-            .in_flight
-            .fetch_sub(session.unresolved.len(), Ordering::Relaxed);
-        outcome
+        stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        stats.in_flight.fetch_sub(session.owed.len(), Ordering::Relaxed);
+        outcome.map(|ended| (session.id, ended))
     }
 
     async fn drive<S>(
         &self,
         session: &mut Session,
         requests: &mut S,
-        results: &mut ResultStream,
+        events: &mut ResultStream,
         tx: &mpsc::Sender<Result<ScoreResponse, Status>>,
         cancel: &CancellationToken,
-    ) -> Result<(), GatewayError>
+    ) -> Result<Ended, GatewayError>
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin,
     {
         loop {
-            if session.closing && session.pending.is_empty() && session.unresolved.is_empty() {
+            if session.is_done() {
                 let closed = ScoreResponse {
                     kind: Some(score_response::Kind::Closed(SessionClosed {
                         rewards: session.delivered.len() as u64,
@@ -116,64 +211,59 @@ impl Gateway {
                 if let Err(e) = self.inner.queue.forget_session(&session.id).await {
                     tracing::warn!(session = %session.id, error = %e, "could not drop the session's retained results");
                 }
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             // Publish the batch's next job as soon as the window has room for it.
-            let room = session.pending.front().is_some_and(|job| {
-                session.unresolved.is_empty()
-                    || session.unresolved.len() + job.candidates.len() <= session.window
-            });
-            if room && let Some(job) = session.pending.pop_front() {
-                self.publish(&job, cancel).await?;
-                self.track(session, job.candidates.iter().map(|c| c.id.clone()));
+            if let Some(job) = session.next_job_with_room() {
+                self.publish(session, &job, cancel).await?;
                 if session.pending.is_empty() && !accept(session, tx).await {
-                    return Ok(());
+                    return Ok(Ended::ClientLeft);
                 }
                 continue;
             }
-            let can_read = !session.closing
-                && session.pending.is_empty()
-                && session.unresolved.len() < session.window;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
-                () = tx.closed() => return Ok(()),
-                result = results.next() => match result {
-                    Some(Ok(result)) => {
-                        if !self.deliver(session, result, tx).await {
-                            return Ok(());
+                () = tx.closed() => return Ok(Ended::ClientLeft),
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        if !self.apply(session, event, tx).await {
+                            return Ok(Ended::ClientLeft);
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(session = %session.id, error = %e, "results stream hiccup"),
-                    None => return Err(GatewayError::Unavailable(QueueError::Closed)),
+                    Some(Err(e)) => tracing::warn!(session = %session.id, error = %e, "session record hiccup"),
+                    None => return Err(GatewayError::Queue(QueueError::Closed)),
                 },
-                request = requests.next(), if can_read => match request {
+                request = requests.next(), if session.can_read() => match request {
                     None => session.closing = true,
                     Some(Err(status)) => {
-                        tracing::debug!(session = %session.id, %status, "client stream broke; results stay retained for resume");
-                        return Ok(());
+                        let at = format!("request {} of the stream", session.requests_read + 1);
+                        return unreadable(status, &at, &session.id).map(|(_, ended)| ended);
                     }
-                    Some(Ok(ScoreRequest { kind })) => match kind {
-                        Some(score_request::Kind::Batch(batch)) => {
-                            self.admit(session, batch.candidates, &batch.profile, cancel).await?;
-                            if session.pending.is_empty() && !accept(session, tx).await {
-                                return Ok(());
+                    Some(Ok(ScoreRequest { kind })) => {
+                        session.requests_read += 1;
+                        match kind {
+                            Some(score_request::Kind::Batch(batch)) => {
+                                self.admit(session, batch.candidates, &batch.profile, cancel).await?;
+                                if session.pending.is_empty() && !accept(session, tx).await {
+                                    return Ok(Ended::ClientLeft);
+                                }
+                            }
+                            Some(score_request::Kind::Close(_)) => session.closing = true,
+                            Some(score_request::Kind::Open(_)) => {
+                                return Err(GatewayError::InvalidArgument {
+                                    field: "open".into(),
+                                    message: "the session is already open".into(),
+                                });
+                            }
+                            None => {
+                                return Err(GatewayError::InvalidArgument {
+                                    field: "kind".into(),
+                                    message: "empty request: set open, batch or close".into(),
+                                });
                             }
                         }
-                        Some(score_request::Kind::Close(_)) => session.closing = true,
-                        Some(score_request::Kind::Open(_)) => {
-                            return Err(GatewayError::InvalidArgument {
-                                field: "open".into(),
-                                message: "the session is already open".into(),
-                            });
-                        }
-                        None => {
-                            return Err(GatewayError::InvalidArgument {
-                                field: "kind".into(),
-                                message: "empty request: set open, batch or close".into(),
-                            });
-                        }
-                    },
+                    }
                 },
             }
         }
@@ -213,13 +303,8 @@ impl Gateway {
             // Batches may name their profile; the session needs no default then.
             self.profile_for("", "").unwrap_or_default()
         } else {
-            self.profile_for(&open.profile, "").map_err(|e| match e {
-                GatewayError::InvalidArgument { message, .. } => GatewayError::InvalidArgument {
-                    field: "open.profile".into(),
-                    message,
-                },
-                other => other,
-            })?
+            self.profile_for(&open.profile, "")
+                .map_err(|e| e.in_field("open.profile"))?
         };
         Ok(Session {
             id,
@@ -234,21 +319,10 @@ impl Gateway {
         session_id: &str,
         cancel: &CancellationToken,
     ) -> Result<ResultStream, GatewayError> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.inner.queue.results(session_id).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(session = session_id, error = %e, "cannot subscribe to results yet; retrying");
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
+        self.with_retry("subscribe to the session's record", cancel, || {
+            self.inner.queue.results(session_id)
+        })
+        .await
     }
 
     /// Validates a batch, answers its malformed candidates with FAILED rewards and queues the
@@ -262,60 +336,127 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let profile = self
             .profile_for(profile, &session.profile)
-            .map_err(|e| match e {
-                GatewayError::InvalidArgument { message, .. } => GatewayError::InvalidArgument {
-                    field: "batch.profile".into(),
-                    message,
-                },
-                other => other,
-            })?;
+            .map_err(|e| e.in_field("batch.profile"))?;
         self.inner
             .limits
             .check_batch(&candidates, &mut session.seen)
             .map_err(|e| GatewayError::input("batch", e))?;
         session.batch_size = candidates.len();
-        let (valid, invalid): (Vec<Candidate>, Vec<Candidate>) = candidates
-            .into_iter()
-            .partition(|c| self.inner.limits.check_candidate(c).is_ok());
+        let mut valid = Vec::with_capacity(candidates.len());
+        let mut rejected = Vec::new();
+        for c in candidates {
+            match self.inner.limits.check_candidate(&c) {
+                Ok(()) => valid.push(c),
+                Err(e) => rejected.push(failed_reward(&c.id, format!("invalid input: {e}"))),
+            }
+        }
         let jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)
             .map_err(|e| GatewayError::input("batch", e))?;
-        if !invalid.is_empty() {
-            let rewards = invalid
-                .iter()
-                .map(|c| {
-                    let e = self
-                        .inner
-                        .limits
-                        .check_candidate(c)
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default();
-                    failed_reward(&c.id, format!("invalid input: {e}"))
-                })
-                .collect();
+        if !rejected.is_empty() {
+            // Answered through the session's record like any result, so a resume sees them.
             let result = JobResult {
-                job_id: rejection_id(&session.id, &invalid),
+                job_id: rejection_id(&session.id, &rejected),
                 session_id: session.id.clone(),
-                rewards,
+                rewards: rejected,
                 worker: "gateway".into(),
             };
-            self.publish_rejections(&result, cancel).await?;
-            self.track(session, invalid.into_iter().map(|c| c.id));
+            self.with_retry("publish rejections", cancel, || {
+                self.inner.queue.publish_result(&result)
+            })
+            .await?;
+            self.owe(session, result.rewards.iter().map(|r| r.candidate_id.as_str()));
         }
         session.pending.extend(jobs);
         Ok(())
     }
 
-    fn track(&self, session: &mut Session, ids: impl Iterator<Item = String>) {
+    /// Queues a job, then records it in the session's ledger: in that order, so the ledger
+    /// never names a job that is not queued. A crash between the two leaves a queued job the
+    /// ledger does not know; its batch was not `accepted`, so the client sends it again, and
+    /// the queue's dedup on the job id makes that harmless.
+    async fn publish(
+        &self,
+        session: &mut Session,
+        job: &Job,
+        cancel: &CancellationToken,
+    ) -> Result<(), GatewayError> {
+        self.with_retry("publish a job", cancel, || {
+            self.inner.queue.publish_job(job)
+        })
+        .await?;
+        let entry = JobAccepted {
+            job_id: job.job_id.clone(),
+            session_id: job.session_id.clone(),
+            candidate_ids: job.candidates.iter().map(|c| c.id.clone()).collect(),
+        };
+        self.with_retry("record an accepted job", cancel, || {
+            self.inner.queue.record_accepted(&entry)
+        })
+        .await?;
+        self.owe(session, entry.candidate_ids.iter().map(String::as_str));
+        Ok(())
+    }
+
+    /// Runs a queue operation, retrying passing failures with backoff until it succeeds, fails
+    /// for good, or `cancel` fires. Retries are safe: every operation is deduplicated by id.
+    async fn with_retry<T, F, Fut>(
+        &self,
+        what: &str,
+        cancel: &CancellationToken,
+        mut operation: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, QueueError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "{what} failed; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Takes one event of the session's record in. `false`: the client left.
+    async fn apply(
+        &self,
+        session: &mut Session,
+        event: SessionEvent,
+        tx: &mpsc::Sender<Result<ScoreResponse, Status>>,
+    ) -> bool {
+        match event {
+            SessionEvent::Accepted(entry) => {
+                self.owe(session, entry.candidate_ids.iter().map(String::as_str));
+                true
+            }
+            SessionEvent::CaughtUp => {
+                session.caught_up = true;
+                true
+            }
+            SessionEvent::Result(result) => self.deliver(session, result, tx).await,
+        }
+    }
+
+    /// Marks candidates as owed a reward, unless this stream already sent theirs.
+    fn owe<'a>(&self, session: &mut Session, ids: impl Iterator<Item = &'a str>) {
+        let stats = &self.inner.stats;
         for id in ids {
-            if !session.delivered.contains(&id) && session.unresolved.insert(id) {
-                self.inner.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            if !session.delivered.contains(id) && session.owed.insert(id.to_owned()) {
+                stats.in_flight.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.inner
-            .stats
+        stats
             .max_session_in_flight
-            .fetch_max(session.unresolved.len(), Ordering::Relaxed);
+            .fetch_max(session.owed.len(), Ordering::Relaxed);
     }
 
     /// Sends the result's rewards that this stream has not sent yet. `false`: the client left.
@@ -329,7 +470,7 @@ impl Gateway {
             if !session.delivered.insert(reward.candidate_id.clone()) {
                 continue;
             }
-            if session.unresolved.remove(&reward.candidate_id) {
+            if session.owed.remove(&reward.candidate_id) {
                 self.inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
             let response = ScoreResponse {
@@ -341,46 +482,21 @@ impl Gateway {
         }
         true
     }
+}
 
-    /// Publishes a job, retrying through queue outages (dedup makes retries safe).
-    async fn publish(&self, job: &Job, cancel: &CancellationToken) -> Result<(), GatewayError> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.inner.queue.publish_job(job).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(job = %job.job_id, bytes = job.encoded_len(), error = %e, "publish failed; retrying");
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    async fn publish_rejections(
-        &self,
-        result: &JobResult,
-        cancel: &CancellationToken,
-    ) -> Result<(), GatewayError> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.inner.queue.publish_result(result).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(job = %result.job_id, error = %e, "publish failed; retrying");
-                }
-                Err(e) => return Err(e.into()),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
+/// The end of a session whose request stream failed: a request that cannot be decoded is the
+/// client's error (`INVALID_ARGUMENT`, naming what could not be read); any other failure of the
+/// stream means the client is gone or broke the stream, and the session's record stays.
+fn unreadable(status: Status, at: &str, session: &str) -> Result<(String, Ended), GatewayError> {
+    let message = status.message();
+    let is_decode = status.code() == Code::Internal
+        && message.starts_with("failed to decode Protobuf message");
+    let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
+    if is_decode || too_large {
+        Err(GatewayError::Unreadable(format!("{at}: {message}")))
+    } else {
+        tracing::debug!(session, %status, "client stream broke; the session's record stays for a resume");
+        Ok((session.to_owned(), Ended::ClientLeft))
     }
 }
 
@@ -397,10 +513,10 @@ async fn accept(session: &mut Session, tx: &mpsc::Sender<Result<ScoreResponse, S
     tx.send(Ok(accepted)).await.is_ok()
 }
 
-fn rejection_id(session_id: &str, candidates: &[Candidate]) -> String {
+fn rejection_id(session_id: &str, rewards: &[Reward]) -> String {
     let mut hash = Sha256::new();
-    for c in candidates {
-        hash.update(c.id.as_bytes());
+    for r in rewards {
+        hash.update(r.candidate_id.as_bytes());
         hash.update([0]);
     }
     format!(
@@ -415,17 +531,47 @@ struct Session {
     id: String,
     /// Profile of batches that name none.
     profile: String,
-    /// Unresolved candidates at most.
+    /// Owed candidates at most (the window).
     window: usize,
-    /// Submitted, no reward yet.
-    unresolved: HashSet<String>,
+    /// Accepted (on this stream or, per the ledger, on an earlier one) and not yet rewarded on
+    /// this stream.
+    owed: HashSet<String>,
     /// Rewards sent on this stream (duplicates are dropped).
     delivered: HashSet<String>,
     /// Every id submitted on this stream (ids must be unique within a session).
     seen: HashSet<String>,
     /// Jobs of the current batch not yet published (waiting for window room).
     pending: VecDeque<Job>,
+    /// The session's record was replayed up to where it stood when the stream opened: until
+    /// then what the session owes is not known, and it cannot close.
+    caught_up: bool,
+    /// Requests read after `open`.
+    requests_read: u64,
     batch_index: u64,
     batch_size: usize,
     closing: bool,
+}
+
+impl Session {
+    /// The client closed, and everything accepted has had its reward sent.
+    fn is_done(&self) -> bool {
+        self.closing && self.caught_up && self.pending.is_empty() && self.owed.is_empty()
+    }
+
+    /// The next job of the current batch, if the window has room for it (a job always fits an
+    /// empty window, so a job larger than the window still goes).
+    fn next_job_with_room(&mut self) -> Option<Job> {
+        let job = self.pending.front()?;
+        if self.owed.is_empty() || self.owed.len() + job.candidates.len() <= self.window {
+            self.pending.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Whether to read the next request: not while a batch waits for room, nor while the
+    /// window is full (backpressure through HTTP/2 flow control).
+    fn can_read(&self) -> bool {
+        !self.closing && self.pending.is_empty() && self.owed.len() < self.window
+    }
 }

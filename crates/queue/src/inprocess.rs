@@ -7,13 +7,17 @@
 //!   (nak, ack timeout) never needs new room, so it never blocks.
 //! - **Redelivery** as JetStream does it: a delivery not acknowledged within `ack_wait` (reset by
 //!   `progress`) is handed out again; a nak hands it out again after its delay; after
-//!   `max_deliver` deliveries the job is given up (dropped, with a warning).
+//!   `max_deliver` deliveries the job is given up and its session gets FAILED rewards that say
+//!   so (what the JetStream queue's dead-letter watcher does).
 //! - **Dedup**: a job id is ignored while its job is live and for the next
-//!   [`RECENT_JOB_IDS`] jobs finished after it. A result id is ignored within its session for
-//!   the session's last `4 × results_retained_per_session + 64` results.
-//! - **Results**: the last `results_retained_per_session` of each session are kept (oldest
-//!   dropped) and streamed to subscribers, replayed first. At most [`MAX_SESSIONS`] sessions are
-//!   kept; past that, the least recently used one without a subscriber is dropped.
+//!   [`RECENT_JOB_IDS`] jobs finished after it. A result or ledger entry is ignored within its
+//!   session for the session's last `4 × results_retained_per_session + 64` entries.
+//! - **Session records**: the last `results_retained_per_session` entries of each session
+//!   (ledger entries and results) are kept (oldest dropped) and streamed to subscribers,
+//!   replayed first. At most [`MAX_SESSIONS`] sessions are kept; past that, the least recently
+//!   used one without a subscriber is dropped.
+//! - **Abandoned sessions**: their jobs are skipped when they come up (the last
+//!   [`MAX_SESSIONS`] abandoned session ids are remembered).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -22,20 +26,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use rewardfleet_core::{Job, JobResult};
+use rewardfleet_core::config::WorkerConfig;
+use rewardfleet_core::{Job, JobAccepted, JobResult, failed_reward};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream};
+use crate::{
+    Acker, Delivery, JobSource, Queue, QueueError, ResultStream, SessionEvent, given_up_error,
+};
 
 /// Finished job ids remembered for dedup (about 100 bytes each: a few MiB at most).
 pub const RECENT_JOB_IDS: usize = 65_536;
 /// Sessions whose results are kept; past that the least recently used idle one is dropped.
 pub const MAX_SESSIONS: usize = 4_096;
-/// Default `ack_wait` (as `WorkerConfig`'s).
-const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
-/// Default `max_deliver` (as `WorkerConfig`'s).
-const DEFAULT_MAX_DELIVER: u64 = 5;
 
 /// The queue of embedded mode: a cheap `Clone` handle; all clones are the same queue.
 #[derive(Clone)]
@@ -78,8 +81,11 @@ struct State {
     recent: VecDeque<String>,
     recent_set: HashSet<String>,
     sessions: HashMap<String, Session>,
-    /// Sequence of the next result, across sessions.
-    next_result: u64,
+    /// Sessions no one will read again, oldest first, at most `MAX_SESSIONS`.
+    abandoned: VecDeque<String>,
+    abandoned_set: HashSet<String>,
+    /// Sequence of the next session entry, across sessions.
+    next_entry: u64,
 }
 
 struct LiveJob {
@@ -100,12 +106,13 @@ enum Phase {
 }
 
 struct Session {
-    /// Retained results with their sequence, oldest first; at most `results_retained`.
-    results: VecDeque<(u64, JobResult)>,
-    /// Job ids of recent results, for dedup; at most `4 × results_retained + 64`.
+    /// Retained entries with their sequence, oldest first; at most `results_retained`.
+    entries: VecDeque<(u64, SessionEvent)>,
+    /// Keys of recent entries (`a.<job_id>` for ledger entries, the job id for results), for
+    /// dedup; at most `4 × results_retained + 64`.
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
-    /// The sequence of the newest result; subscribers wait on it.
+    /// The sequence of the newest entry; subscribers wait on it.
     newest: watch::Sender<u64>,
     last_used: Instant,
 }
@@ -113,7 +120,7 @@ struct Session {
 impl Session {
     fn new() -> Self {
         Self {
-            results: VecDeque::new(),
+            entries: VecDeque::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             newest: watch::Sender::new(0),
@@ -152,6 +159,28 @@ impl Inner {
         session
     }
 
+    /// Appends an entry to a session's record unless `key` was recorded recently.
+    fn record(&self, state: &mut State, session_id: &str, key: String, event: SessionEvent) {
+        let seq = state.next_entry;
+        let retained = self.results_retained;
+        let session = self.session(state, session_id);
+        if !session.seen.insert(key.clone()) {
+            return;
+        }
+        session.seen_order.push_back(key);
+        if session.seen_order.len() > 4 * retained + 64
+            && let Some(old) = session.seen_order.pop_front()
+        {
+            session.seen.remove(&old);
+        }
+        session.entries.push_back((seq, event));
+        if session.entries.len() > retained {
+            session.entries.pop_front();
+        }
+        session.newest.send_replace(seq);
+        state.next_entry = seq + 1;
+    }
+
     /// Marks a job finished: frees its room and remembers its id for dedup.
     fn finish(state: &mut State, job_id: &str) {
         if state.live.remove(job_id).is_some() && state.recent_set.insert(job_id.to_owned()) {
@@ -172,12 +201,31 @@ impl Inner {
             return;
         };
         if job.delivered >= max_deliver {
+            let deliveries = job.delivered;
+            let error = given_up_error(deliveries);
+            let result = JobResult {
+                job_id: job_id.to_owned(),
+                session_id: job.job.session_id.clone(),
+                rewards: job
+                    .job
+                    .candidates
+                    .iter()
+                    .map(|c| failed_reward(&c.id, error.clone()))
+                    .collect(),
+                worker: crate::DEAD_LETTER_WORKER.into(),
+            };
             tracing::warn!(
                 job_id,
-                deliveries = job.delivered,
-                "in-process queue: job given up after max_deliver deliveries"
+                deliveries,
+                "in-process queue: job given up after max_deliver deliveries: FAILED rewards published"
             );
             Self::finish(state, job_id);
+            self.record(
+                state,
+                &result.session_id.clone(),
+                result.job_id.clone(),
+                SessionEvent::Result(result),
+            );
             return;
         }
         job.generation += 1;
@@ -214,6 +262,11 @@ impl Inner {
                 continue; // finished while it waited (a stale acker)
             };
             if job.phase != Phase::Ready {
+                continue;
+            }
+            if state.abandoned_set.contains(&job.job.session_id) {
+                tracing::debug!(job_id, "in-process queue: job of an abandoned session skipped");
+                Self::finish(state, &job_id);
                 continue;
             }
             job.delivered += 1;
@@ -267,37 +320,25 @@ impl Inner {
 }
 
 impl InProcessQueue {
-    /// A queue holding at most `job_capacity` live jobs and the last
-    /// `results_retained_per_session` results of each session (both at least 1), with
-    /// `ack_wait` 30 s and `max_deliver` 5 (see [`InProcessQueue::with_redelivery`]).
-    pub fn new(job_capacity: usize, results_retained_per_session: usize) -> Self {
+    /// A queue with the worker settings that the JetStream queue honours too: at most
+    /// `worker.embedded_queue` live jobs, a delivery not acknowledged within `worker.ack_wait`
+    /// delivered again, up to `worker.max_deliver` deliveries (at least 1); and the last
+    /// `records_retained_per_session` entries of each session's record (at least 1).
+    pub fn new(worker: &WorkerConfig, records_retained_per_session: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
-                    ack_wait: DEFAULT_ACK_WAIT,
-                    max_deliver: DEFAULT_MAX_DELIVER,
+                    ack_wait: worker.ack_wait,
+                    max_deliver: worker.max_deliver.max(1).unsigned_abs(),
                     ..State::default()
                 }),
                 room: Arc::new(Semaphore::new(
-                    job_capacity.clamp(1, Semaphore::MAX_PERMITS),
+                    worker.embedded_queue.clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 ready: Notify::new(),
-                results_retained: results_retained_per_session.max(1),
+                results_retained: records_retained_per_session.max(1),
             }),
         }
-    }
-
-    /// The same queue with JetStream's redelivery policy: a delivery not acknowledged within
-    /// `ack_wait` is delivered again, up to `max_deliver` deliveries (at least 1). Applies to
-    /// deliveries from now on, through every clone of the queue.
-    #[must_use]
-    pub fn with_redelivery(self, ack_wait: Duration, max_deliver: u64) -> Self {
-        {
-            let mut state = self.inner.lock();
-            state.ack_wait = ack_wait;
-            state.max_deliver = max_deliver.max(1);
-        }
-        self
     }
 
     /// Closes the queue: sources end (`None`), result streams end, publishing fails with
@@ -360,58 +401,78 @@ impl Queue for InProcessQueue {
         Ok(())
     }
 
+    async fn record_accepted(&self, entry: &JobAccepted) -> Result<(), QueueError> {
+        let mut state = self.inner.lock();
+        if state.closed {
+            return Err(QueueError::Closed);
+        }
+        self.inner.record(
+            &mut state,
+            &entry.session_id,
+            format!("a.{}", entry.job_id),
+            SessionEvent::Accepted(entry.clone()),
+        );
+        Ok(())
+    }
+
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError> {
         let mut state = self.inner.lock();
         if state.closed {
             return Err(QueueError::Closed);
         }
-        let seq = state.next_result;
-        let retained = self.inner.results_retained;
-        let session = self.inner.session(&mut state, &result.session_id);
-        if !session.seen.insert(result.job_id.clone()) {
-            return Ok(());
-        }
-        session.seen_order.push_back(result.job_id.clone());
-        if session.seen_order.len() > 4 * retained + 64
-            && let Some(old) = session.seen_order.pop_front()
-        {
-            session.seen.remove(&old);
-        }
-        session.results.push_back((seq, result.clone()));
-        if session.results.len() > retained {
-            session.results.pop_front();
-        }
-        session.newest.send_replace(seq);
-        state.next_result = seq + 1;
+        self.inner.record(
+            &mut state,
+            &result.session_id,
+            result.job_id.clone(),
+            SessionEvent::Result(result.clone()),
+        );
         Ok(())
     }
 
     async fn results(&self, session_id: &str) -> Result<ResultStream, QueueError> {
-        let newest = {
+        let (newest, replay_until) = {
             let mut state = self.inner.lock();
             if state.closed {
                 return Err(QueueError::Closed);
             }
-            self.inner
+            let replay_until = state.next_entry;
+            let newest = self
+                .inner
                 .session(&mut state, session_id)
                 .newest
-                .subscribe()
+                .subscribe();
+            (newest, replay_until)
         };
         let cursor = ResultCursor {
             inner: Arc::clone(&self.inner),
             session_id: session_id.to_owned(),
             next: 0,
+            replay_until: Some(replay_until),
             newest,
         };
         Ok(futures::stream::unfold(cursor, |mut cursor| async move {
-            let result = cursor.next().await?;
-            Some((Ok(result), cursor))
+            let event = cursor.next().await?;
+            Some((Ok(event), cursor))
         })
         .boxed())
     }
 
     async fn forget_session(&self, session_id: &str) -> Result<(), QueueError> {
         self.inner.lock().sessions.remove(session_id);
+        Ok(())
+    }
+
+    async fn abandon_session(&self, session_id: &str) -> Result<(), QueueError> {
+        let mut state = self.inner.lock();
+        state.sessions.remove(session_id);
+        if state.abandoned_set.insert(session_id.to_owned()) {
+            state.abandoned.push_back(session_id.to_owned());
+            if state.abandoned.len() > MAX_SESSIONS
+                && let Some(old) = state.abandoned.pop_front()
+            {
+                state.abandoned_set.remove(&old);
+            }
+        }
         Ok(())
     }
 
@@ -431,18 +492,21 @@ impl Queue for InProcessQueue {
     }
 }
 
-/// A subscriber's place in a session's results.
+/// A subscriber's place in a session's record.
 struct ResultCursor {
     inner: Arc<Inner>,
     session_id: String,
-    /// Sequence of the next result to hand out.
+    /// Sequence of the next entry to hand out.
     next: u64,
+    /// Entries before this sequence existed when the cursor was made: once none of them is
+    /// left to hand out, the cursor says [`SessionEvent::CaughtUp`] (once; `None` after).
+    replay_until: Option<u64>,
     newest: watch::Receiver<u64>,
 }
 
 impl ResultCursor {
-    /// The next result of the session, waiting for it; `None` once the queue is closed.
-    async fn next(&mut self) -> Option<JobResult> {
+    /// The next entry of the session, waiting for it; `None` once the queue is closed.
+    async fn next(&mut self) -> Option<SessionEvent> {
         loop {
             {
                 let mut state = self.inner.lock();
@@ -455,12 +519,18 @@ impl ResultCursor {
                     self.newest = session.newest.subscribe();
                 }
                 self.newest.borrow_and_update();
-                if let Some(session) = state.sessions.get(&self.session_id)
-                    && let Some((seq, result)) =
-                        session.results.iter().find(|(seq, _)| *seq >= self.next)
+                let entry = state.sessions.get(&self.session_id).and_then(|session| {
+                    session.entries.iter().find(|(seq, _)| *seq >= self.next)
+                });
+                if let Some(until) = self.replay_until
+                    && entry.is_none_or(|(seq, _)| *seq >= until)
                 {
+                    self.replay_until = None;
+                    return Some(SessionEvent::CaughtUp);
+                }
+                if let Some((seq, event)) = entry {
                     self.next = seq + 1;
-                    return Some(result.clone());
+                    return Some(event.clone());
                 }
             }
             // Results are published under the lock, so any newer one changes `newest` after
@@ -476,7 +546,7 @@ struct InProcessJobs {
 
 #[async_trait]
 impl JobSource for InProcessJobs {
-    async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+    async fn next(&mut self, _room: usize) -> Option<Result<Delivery, QueueError>> {
         loop {
             let notified = self.inner.ready.notified();
             tokio::pin!(notified);
@@ -538,11 +608,6 @@ impl Acker for InProcessAcker {
                 deadline: Instant::now() + ack_wait,
             };
         }
-        Ok(())
-    }
-
-    async fn term(&self) -> Result<(), QueueError> {
-        Inner::finish(&mut self.inner.lock(), &self.job_id);
         Ok(())
     }
 }

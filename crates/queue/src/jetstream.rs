@@ -3,16 +3,20 @@
 //! Layout (all names from [`NatsConfig`]):
 //!
 //! - **Jobs**: stream `jobs_stream`, work-queue retention, file storage, subjects
-//!   `<prefix>.jobs.>`. A job goes to `<prefix>.jobs.<pool>` with header `Nats-Msg-Id: <job_id>`,
-//!   so a job published twice within `duplicate_window` is stored once.
+//!   `<prefix>.jobs.>`. A job goes to `<prefix>.jobs.<pool>.<session token>` with header
+//!   `Nats-Msg-Id: <job_id>`, so a job published twice within `duplicate_window` is stored once,
+//!   and the jobs of an abandoned session can be purged by subject before any worker takes them.
 //! - **Workers**: one durable pull consumer per pool, `<prefix>-workers-<pool>`, filtered on
-//!   `<prefix>.jobs.<pool>`, explicit ack, `ack_wait` / `max_deliver` / `max_ack_pending` from
-//!   [`WorkerConfig`]. Every worker of a pool pulls from it, so each job goes to one worker.
-//! - **Results**: stream `results_stream`, limits retention (kept `results_max_age` so a
-//!   resuming session gets them again), subjects `<prefix>.results.>`. A result goes to
-//!   `<prefix>.results.<session token>` with `Nats-Msg-Id: r.<job_id>`. A session is read with an
-//!   ordered push consumer (ephemeral, in memory) filtered on its subject; the client re-creates it
-//!   from the last sequence seen after a reconnect or a server restart.
+//!   `<prefix>.jobs.<pool>.>`, explicit ack, `ack_wait` / `max_deliver` / `max_ack_pending` from
+//!   [`WorkerConfig`]. Every worker of a pool pulls from it, so each job goes to one worker. A
+//!   worker asks for no more jobs than it can start at once (see [`JobSource::next`]).
+//! - **Session records**: stream `results_stream`, limits retention (kept `results_max_age` so a
+//!   resuming session gets them again), subjects `<prefix>.results.>`. A session's subject is
+//!   `<prefix>.results.<session token>`; it holds the session's ledger (a [`JobAccepted`] per
+//!   queued job, header `Rf-Entry: accepted`, `Nats-Msg-Id: a.<job_id>`) and its results (a
+//!   [`JobResult`] per job, `Nats-Msg-Id: r.<job_id>`). A session is read with an ordered push
+//!   consumer (ephemeral, in memory) filtered on its subject; the client re-creates it from the
+//!   last sequence seen after a reconnect or a server restart.
 //! - **Dead letters**: a job delivered `max_deliver` times and never acknowledged (its workers
 //!   crashed) gets FAILED rewards from [`JetStreamQueue::watch_dead_letters`], run by gateways.
 //!
@@ -35,15 +39,15 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use rewardfleet_core::config::{NatsConfig, WorkerConfig};
-use rewardfleet_core::{Job, JobResult};
+use rewardfleet_core::{Job, JobAccepted, JobResult};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream};
+use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream, SessionEvent};
 
 mod deadletter;
 
-pub use deadletter::DEAD_LETTER_WORKER;
+pub use crate::DEAD_LETTER_WORKER;
 
 /// How long one pull request waits at the server for jobs before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -51,6 +55,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a failed pull request, so a source does not spin while the server is away.
 const PULL_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// The header that marks a ledger entry in a session's record (results carry none).
+const ENTRY_HEADER: &str = "Rf-Entry";
+/// Its value on a [`JobAccepted`].
+const ENTRY_ACCEPTED: &str = "accepted";
 /// Timeout of JetStream API requests, publish acks and double acks.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -254,9 +262,14 @@ impl JetStreamQueue {
         &self.pool
     }
 
-    /// The subject that jobs of `pool` go to.
+    /// The subjects that jobs of `pool` go to (one per session under it).
     pub fn jobs_subject(&self, pool: &str) -> String {
-        format!("{}.jobs.{pool}", self.prefix)
+        format!("{}.jobs.{pool}.>", self.prefix)
+    }
+
+    /// The subject that the jobs of `session_id` for `pool` go to.
+    pub fn session_jobs_subject(&self, pool: &str, session_id: &str) -> String {
+        format!("{}.jobs.{pool}.{}", self.prefix, session_token(session_id))
     }
 
     /// The subject that results of `session_id` go to.
@@ -314,10 +327,10 @@ impl JetStreamQueue {
         &self,
         what: &str,
         subject: String,
+        mut headers: HeaderMap,
         msg_id: String,
         payload: Bytes,
     ) -> Result<(), QueueError> {
-        let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, msg_id.as_str());
         let mut connected = self.connected.clone();
         connected.mark_unchanged();
@@ -353,12 +366,27 @@ impl JetStreamQueue {
 impl Queue for JetStreamQueue {
     async fn publish_job(&self, job: &Job) -> Result<(), QueueError> {
         check_msg_id("job_id", &job.job_id)?;
-        let subject = self.jobs_subject(&self.pool);
+        let subject = self.session_jobs_subject(&self.pool, &job.session_id);
         self.publish(
             "job",
             subject,
+            HeaderMap::new(),
             job.job_id.clone(),
             job.encode_to_vec().into(),
+        )
+        .await
+    }
+
+    async fn record_accepted(&self, entry: &JobAccepted) -> Result<(), QueueError> {
+        check_msg_id("job_id", &entry.job_id)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ENTRY_HEADER, ENTRY_ACCEPTED);
+        self.publish(
+            "ledger entry",
+            self.results_subject(&entry.session_id),
+            headers,
+            format!("a.{}", entry.job_id),
+            entry.encode_to_vec().into(),
         )
         .await
     }
@@ -369,6 +397,7 @@ impl Queue for JetStreamQueue {
         self.publish(
             "result",
             subject,
+            HeaderMap::new(),
             format!("r.{}", result.job_id),
             result.encode_to_vec().into(),
         )
@@ -380,6 +409,8 @@ impl Queue for JetStreamQueue {
             queue: self.clone(),
             session: session_id.to_owned(),
             last_sequence: 0,
+            caught_up: false,
+            say_caught_up: false,
             messages: None,
             connected: self.connected.clone(),
         };
@@ -400,6 +431,26 @@ impl Queue for JetStreamQueue {
             .await
             .map_err(|e| unavailable("purge session results", e))?;
         Ok(())
+    }
+
+    async fn abandon_session(&self, session_id: &str) -> Result<(), QueueError> {
+        // Jobs not yet delivered leave the work queue; one a worker holds is acked or
+        // redelivered as usual (an ack of a purged job is harmless), and its result is purged
+        // with the session's record when it comes back too late for anyone.
+        let jobs = self
+            .js
+            .get_stream_no_info(&self.jobs_stream)
+            .await
+            .map_err(|e| unavailable("jobs stream", e))?;
+        jobs.purge()
+            .filter(format!(
+                "{}.jobs.*.{}",
+                self.prefix,
+                session_token(session_id)
+            ))
+            .await
+            .map_err(|e| unavailable("purge session jobs", e))?;
+        self.forget_session(session_id).await
     }
 
     async fn jobs(&self, pool: &str, capacity: usize) -> Result<Box<dyn JobSource>, QueueError> {
@@ -433,7 +484,6 @@ impl Queue for JetStreamQueue {
         Ok(Box::new(JetStreamJobs {
             client: self.client.clone(),
             consumer,
-            capacity,
             max_deliver: max_deliver.unsigned_abs(),
             batch: None,
             deadline: Instant::now(),
@@ -449,8 +499,12 @@ impl Queue for JetStreamQueue {
 struct ResultFollower {
     queue: JetStreamQueue,
     session: String,
-    /// Stream sequence of the last result handed out (0: none yet).
+    /// Stream sequence of the last entry handed out (0: none yet).
     last_sequence: u64,
+    /// The entries retained when the follower started have all been handed out.
+    caught_up: bool,
+    /// `caught_up` just became true: say so before the next entry.
+    say_caught_up: bool,
     messages: Option<push::Ordered>,
     connected: watch::Receiver<u64>,
 }
@@ -476,6 +530,10 @@ impl ResultFollower {
             })
             .await
             .map_err(|e| unavailable("create results consumer", e))?;
+        if !self.caught_up && consumer.cached_info().num_pending == 0 {
+            self.caught_up = true;
+            self.say_caught_up = true;
+        }
         let messages = consumer
             .messages()
             .await
@@ -484,9 +542,13 @@ impl ResultFollower {
         Ok(())
     }
 
-    /// The next result, or a passing error; `None` once the connection is closed for good.
-    async fn next(&mut self) -> Option<Result<JobResult, QueueError>> {
+    /// The next entry, or a passing error; `None` once the connection is closed for good.
+    async fn next(&mut self) -> Option<Result<SessionEvent, QueueError>> {
         loop {
+            if self.say_caught_up {
+                self.say_caught_up = false;
+                return Some(Ok(SessionEvent::CaughtUp));
+            }
             let Some(messages) = self.messages.as_mut() else {
                 if let Err(e) = self.open().await {
                     tokio::time::sleep(PULL_RETRY_DELAY).await;
@@ -500,10 +562,14 @@ impl ResultFollower {
                     Some(Ok(message)) => {
                         if let Ok(info) = message.info() {
                             self.last_sequence = info.stream_sequence;
+                            if !self.caught_up && info.pending == 0 {
+                                self.caught_up = true;
+                                self.say_caught_up = true;
+                            }
                         }
-                        return Some(JobResult::decode(message.payload.clone()).map_err(|e| {
-                            tracing::warn!(session = self.session, error = %e, "undecodable result skipped");
-                            QueueError::Malformed(format!("result of session {:?}: {e}", self.session))
+                        return Some(session_event(&message).map_err(|e| {
+                            tracing::warn!(session = self.session, error = %e, "undecodable session entry skipped");
+                            QueueError::Malformed(format!("entry of session {:?}: {e}", self.session))
                         }));
                     }
                     Some(Err(e)) => {
@@ -521,12 +587,26 @@ impl ResultFollower {
     }
 }
 
-/// A worker's pull loop: one outstanding pull request of at most `capacity` jobs at a time, its
-/// jobs handed out as they arrive, so at most `capacity` are held un-handed-out.
+/// Reads one entry of a session's record.
+fn session_event(message: &jetstream::Message) -> Result<SessionEvent, prost::DecodeError> {
+    let accepted = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(ENTRY_HEADER))
+        .is_some_and(|v| v.as_str() == ENTRY_ACCEPTED);
+    if accepted {
+        JobAccepted::decode(message.payload.clone()).map(SessionEvent::Accepted)
+    } else {
+        JobResult::decode(message.payload.clone()).map(SessionEvent::Result)
+    }
+}
+
+/// A worker's pull loop: one outstanding pull request at a time, of at most the jobs the worker
+/// can start when it is made, its jobs handed out as they arrive. So no job waits in the worker
+/// for a free slot while its ack timer runs, and none is dropped with an expiring request.
 struct JetStreamJobs {
     client: async_nats::Client,
     consumer: consumer::Consumer<pull::Config>,
-    capacity: usize,
     max_deliver: u64,
     /// The open pull request, if any.
     batch: Option<pull::Batch>,
@@ -539,8 +619,8 @@ struct JetStreamJobs {
 }
 
 impl JetStreamJobs {
-    /// Opens a pull request, once connected.
-    async fn open_batch(&mut self) -> Result<(), QueueError> {
+    /// Opens a pull request for at most `room` jobs, once connected.
+    async fn open_batch(&mut self, room: usize) -> Result<(), QueueError> {
         while self.client.connection_state() != async_nats::connection::State::Connected {
             if self.connected.changed().await.is_err() {
                 return Err(QueueError::Closed);
@@ -550,7 +630,7 @@ impl JetStreamJobs {
         let batch = self
             .consumer
             .batch()
-            .max_messages(self.capacity)
+            .max_messages(room.max(1))
             .expires(PULL_EXPIRES)
             .messages()
             .await
@@ -595,10 +675,10 @@ impl JetStreamJobs {
 
 #[async_trait]
 impl JobSource for JetStreamJobs {
-    async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+    async fn next(&mut self, room: usize) -> Option<Result<Delivery, QueueError>> {
         loop {
             if self.batch.is_none()
-                && let Err(e) = self.open_batch().await
+                && let Err(e) = self.open_batch(room).await
             {
                 if matches!(e, QueueError::Closed) {
                     return None;
@@ -687,10 +767,6 @@ impl Acker for JetStreamAcker {
             .ack_with(AckKind::Progress)
             .await
             .map_err(|e| unavailable("progress", e))
-    }
-
-    async fn term(&self) -> Result<(), QueueError> {
-        self.confirmed(AckKind::Term, "term").await
     }
 }
 

@@ -10,17 +10,44 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use rewardfleet_core::{Job, JobResult};
+use rewardfleet_core::{Job, JobAccepted, JobResult};
 
 pub use error::QueueError;
 pub use inprocess::InProcessQueue;
 pub use jetstream::JetStreamQueue;
 
-/// The results of one session, as they arrive (replaying those still retained first).
+/// The `worker` of the FAILED results that a queue publishes for a job it gave up.
+pub const DEAD_LETTER_WORKER: &str = "dead-letter";
+
+/// The error of every reward of a job given up after `deliveries` deliveries.
+pub(crate) fn given_up_error(deliveries: u64) -> String {
+    format!(
+        "gave up after {deliveries} deliveries: every worker that took this job stopped before \
+         finishing it (crash or out of memory?); see the workers' logs and memory limits, or send \
+         smaller batches"
+    )
+}
+
+/// The events of one session, as they arrive: those still retained first (replayed in the
+/// order they were recorded), then [`SessionEvent::CaughtUp`] once, then new ones.
 ///
-/// An `Err` item is passing (a reconnect, or one result that could not be decoded): keep
+/// An `Err` item is passing (a reconnect, or one entry that could not be decoded): keep
 /// reading. The stream ends only when the queue's connection is closed for good.
-pub type ResultStream = BoxStream<'static, Result<JobResult, QueueError>>;
+pub type ResultStream = BoxStream<'static, Result<SessionEvent, QueueError>>;
+
+/// What a session's record holds: its ledger of accepted jobs, and its results.
+///
+/// The record outlives the gateway that wrote it (for `nats.results_max_age` on JetStream), so
+/// any gateway that resumes the session knows which candidates it still owes a reward.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A job of the session was durably queued.
+    Accepted(JobAccepted),
+    /// A job's rewards.
+    Result(JobResult),
+    /// Everything retained when the stream was opened has been replayed.
+    CaughtUp,
+}
 
 /// The gateway's side and the workers' side of the job queue.
 #[async_trait]
@@ -29,15 +56,25 @@ pub trait Queue: Send + Sync + 'static {
     /// `job_id` again within the dedup window is accepted and has no effect.
     async fn publish_job(&self, job: &Job) -> Result<(), QueueError>;
 
+    /// Records in the session's ledger that a job was accepted (call it once
+    /// [`Queue::publish_job`] returned); returns once the queue has acknowledged it. Recording the
+    /// same `job_id` twice is harmless.
+    async fn record_accepted(&self, entry: &JobAccepted) -> Result<(), QueueError>;
+
     /// Publishes a job's result to its session; returns once the queue has acknowledged it.
     /// A result for the same `job_id` published twice is delivered once.
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError>;
 
-    /// The results of a session: every result still retained, then new ones as they come.
+    /// The events of a session: every entry still retained, then new ones as they come.
     async fn results(&self, session_id: &str) -> Result<ResultStream, QueueError>;
 
     /// Drops what is retained for a session that closed cleanly.
     async fn forget_session(&self, session_id: &str) -> Result<(), QueueError>;
+
+    /// A session that no one will read again (its caller left and cannot resume): drops what is
+    /// retained for it and tells every worker to skip its jobs not yet started. Jobs already
+    /// being scored finish; their results are dropped with the session's record.
+    async fn abandon_session(&self, session_id: &str) -> Result<(), QueueError>;
 
     /// A source of jobs for one worker, pulling from `pool`. The source holds at most `capacity`
     /// deliveries that it has fetched but not yet handed out by [`JobSource::next`], so a worker
@@ -50,7 +87,11 @@ pub trait Queue: Send + Sync + 'static {
 pub trait JobSource: Send {
     /// The next job, waiting until one comes. `None` once the source is closed for good.
     /// Passing errors (a reconnect) are returned as `Some(Err(_))`; the caller keeps calling.
-    async fn next(&mut self) -> Option<Result<Delivery, QueueError>>;
+    ///
+    /// `room` is how many jobs the caller can start now, this one included (at least 1): a
+    /// source fetches no more than that ahead, so no job waits in a worker that cannot start
+    /// it while its redelivery timer runs. Jobs of abandoned sessions are skipped (terminated).
+    async fn next(&mut self, room: usize) -> Option<Result<Delivery, QueueError>>;
 }
 
 /// A job handed to a worker, to be acknowledged once its result is published.
@@ -81,6 +122,4 @@ pub trait Acker: Send + Sync {
     async fn nak(&self, delay: Duration) -> Result<(), QueueError>;
     /// Still working: reset the redelivery timer.
     async fn progress(&self) -> Result<(), QueueError>;
-    /// Never deliver again.
-    async fn term(&self) -> Result<(), QueueError>;
 }

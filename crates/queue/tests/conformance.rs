@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rewardfleet_core::config::{NatsConfig, WorkerConfig};
-use rewardfleet_core::{Candidate, Job, JobResult, Reward};
+use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, RewardStatus};
 use rewardfleet_queue::{
-    Delivery, InProcessQueue, JetStreamQueue, JobSource, Queue, QueueError, ResultStream,
+    DEAD_LETTER_WORKER, Delivery, InProcessQueue, JetStreamQueue, JobSource, Queue, QueueError,
+    ResultStream, SessionEvent,
 };
 use rewardfleet_testkit::NatsServer;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 const ACK_WAIT: Duration = Duration::from_secs(1);
 const MAX_DELIVER: u64 = 3;
@@ -21,10 +23,12 @@ const COMES: Duration = Duration::from_secs(10);
 /// How long to watch for something that should not come.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// One queue under test, with the server it runs on (if any).
+/// One queue under test, built from the same [`worker_config`], with the server it runs on
+/// (if any). On JetStream the dead-letter watcher runs, as gateways run it.
 struct Harness {
     queue: Arc<dyn Queue>,
     _server: Option<NatsServer>,
+    _watcher: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Harness {
@@ -33,16 +37,20 @@ impl Harness {
         let queue = JetStreamQueue::connect(&nats_config(&server), &worker_config())
             .await
             .expect("connect");
+        let stop = CancellationToken::new();
+        tokio::spawn(queue.watch_dead_letters(stop.clone()));
         Self {
             queue: Arc::new(queue),
             _server: Some(server),
+            _watcher: Some(stop.drop_guard()),
         }
     }
 
     fn inprocess() -> Self {
         Self {
-            queue: Arc::new(InProcessQueue::new(64, 16).with_redelivery(ACK_WAIT, MAX_DELIVER)),
+            queue: Arc::new(InProcessQueue::new(&worker_config(), 16)),
             _server: None,
+            _watcher: None,
         }
     }
 }
@@ -58,7 +66,16 @@ fn worker_config() -> WorkerConfig {
     WorkerConfig {
         ack_wait: ACK_WAIT,
         max_deliver: MAX_DELIVER as i64,
+        embedded_queue: 64,
         ..WorkerConfig::default()
+    }
+}
+
+fn accepted(session: &str, n: usize) -> JobAccepted {
+    JobAccepted {
+        job_id: format!("{session}.job{n}"),
+        session_id: session.into(),
+        candidate_ids: vec![format!("c{n}")],
     }
 }
 
@@ -93,7 +110,7 @@ fn result(session: &str, n: usize) -> JobResult {
 async fn next_within(source: &mut Box<dyn JobSource>, wait: Duration) -> Option<Delivery> {
     timeout(wait, async {
         loop {
-            match source.next().await {
+            match source.next(1).await {
                 Some(Ok(delivery)) => return Some(delivery),
                 Some(Err(e)) => eprintln!("passing error: {e}"),
                 None => return None,
@@ -109,11 +126,12 @@ async fn next_delivery(source: &mut Box<dyn JobSource>) -> Delivery {
     next_within(source, COMES).await.expect("a delivery")
 }
 
-async fn next_result_within(stream: &mut ResultStream, wait: Duration) -> Option<JobResult> {
+/// The next event within `wait`, skipping passing errors; `None` if none came.
+async fn next_event_within(stream: &mut ResultStream, wait: Duration) -> Option<SessionEvent> {
     timeout(wait, async {
         loop {
             match stream.next().await {
-                Some(Ok(result)) => return Some(result),
+                Some(Ok(event)) => return Some(event),
                 Some(Err(e)) => eprintln!("passing error: {e}"),
                 None => return None,
             }
@@ -122,6 +140,22 @@ async fn next_result_within(stream: &mut ResultStream, wait: Duration) -> Option
     .await
     .ok()
     .flatten()
+}
+
+async fn next_event(stream: &mut ResultStream) -> SessionEvent {
+    next_event_within(stream, COMES).await.expect("an event")
+}
+
+/// The next result within `wait`, skipping other events.
+async fn next_result_within(stream: &mut ResultStream, wait: Duration) -> Option<JobResult> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_event_within(stream, left).await? {
+            SessionEvent::Result(result) => return Some(result),
+            SessionEvent::Accepted(_) | SessionEvent::CaughtUp => {}
+        }
+    }
 }
 
 async fn next_result(stream: &mut ResultStream) -> JobResult {
@@ -266,13 +300,81 @@ async fn attempts_reach_max_deliver(h: &Harness) {
     assert!(next_within(&mut source, ACK_WAIT + QUIET).await.is_none());
 }
 
-async fn term_is_never_redelivered(h: &Harness) {
+async fn given_up_job_gets_failed_rewards(h: &Harness) {
     let q = &h.queue;
+    let mut stream = q.results("s1").await.expect("subscribe");
     q.publish_job(&job("s1", 1)).await.expect("publish");
     let mut source = q.jobs("default", 4).await.expect("source");
+    for _ in 1..=MAX_DELIVER {
+        // Taken and never answered: the worker died each time.
+        let _held = next_delivery(&mut source).await;
+    }
+    // Keep pulling meanwhile, as a live worker does (JetStream gives up a job when it would
+    // deliver it once more).
+    let (result, extra) = tokio::join!(
+        next_result(&mut stream),
+        next_within(&mut source, 4 * ACK_WAIT)
+    );
+    assert!(extra.is_none(), "no delivery past max_deliver");
+    assert_eq!(result.job_id, "s1.job1");
+    assert_eq!(result.worker, DEAD_LETTER_WORKER);
+    assert_eq!(result.rewards.len(), 1);
+    assert_eq!(result.rewards[0].candidate_id, "c1");
+    assert_eq!(result.rewards[0].status(), RewardStatus::Failed);
+    assert!(
+        result.rewards[0]
+            .error
+            .contains(&format!("gave up after {MAX_DELIVER} deliveries")),
+        "{}",
+        result.rewards[0].error
+    );
+    assert!(next_within(&mut source, QUIET).await.is_none());
+}
+
+async fn ledger_replays_in_order_then_caught_up(h: &Harness) {
+    let q = &h.queue;
+    q.record_accepted(&accepted("s1", 1)).await.expect("record");
+    q.record_accepted(&accepted("s1", 2)).await.expect("record");
+    q.record_accepted(&accepted("s1", 1))
+        .await
+        .expect("a duplicate entry is accepted");
+    q.record_accepted(&accepted("other", 7)).await.expect("record");
+    q.publish_result(&result("s1", 1)).await.expect("publish");
+
+    let mut stream = q.results("s1").await.expect("subscribe");
+    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 1)));
+    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 2)));
+    assert_eq!(next_event(&mut stream).await, SessionEvent::Result(result("s1", 1)));
+    assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
+    q.publish_result(&result("s1", 2)).await.expect("publish");
+    assert_eq!(next_event(&mut stream).await, SessionEvent::Result(result("s1", 2)));
+    assert!(next_event_within(&mut stream, QUIET).await.is_none());
+}
+
+async fn a_new_session_is_caught_up_at_once(h: &Harness) {
+    let q = &h.queue;
+    q.publish_result(&result("other", 1)).await.expect("publish");
+    let mut stream = q.results("s1").await.expect("subscribe");
+    assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
+    q.record_accepted(&accepted("s1", 1)).await.expect("record");
+    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 1)));
+}
+
+async fn abandoned_session_jobs_are_skipped(h: &Harness) {
+    let q = &h.queue;
+    for n in 0..3 {
+        q.publish_job(&job("gone", n)).await.expect("publish");
+    }
+    q.publish_job(&job("kept", 9)).await.expect("publish");
+    q.publish_result(&result("gone", 0)).await.expect("publish");
+    q.abandon_session("gone").await.expect("abandon");
+    let mut source = q.jobs("default", 4).await.expect("source");
     let d = next_delivery(&mut source).await;
-    d.acker.term().await.expect("term");
-    assert!(next_within(&mut source, ACK_WAIT + QUIET).await.is_none());
+    assert_eq!(d.job, job("kept", 9));
+    d.acker.ack().await.expect("ack");
+    assert!(next_within(&mut source, QUIET).await.is_none());
+    let mut stream = q.results("gone").await.expect("subscribe");
+    assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
 }
 
 async fn forget_session_purges(h: &Harness) {
@@ -354,7 +456,10 @@ conformance!(
     unacked_job_is_redelivered_after_ack_wait,
     progress_prevents_redelivery,
     attempts_reach_max_deliver,
-    term_is_never_redelivered,
+    given_up_job_gets_failed_rewards,
+    ledger_replays_in_order_then_caught_up,
+    a_new_session_is_caught_up_at_once,
+    abandoned_session_jobs_are_skipped,
     forget_session_purges,
     two_sources_share_a_pool,
     zero_capacity_is_refused,

@@ -12,7 +12,7 @@ use prost::Message as _;
 use rewardfleet_core::config::{NatsConfig, WorkerConfig};
 use rewardfleet_core::{Candidate, Job, JobResult, RewardStatus};
 use rewardfleet_queue::jetstream::DEAD_LETTER_WORKER;
-use rewardfleet_queue::{JetStreamQueue, Queue, ResultStream};
+use rewardfleet_queue::{JetStreamQueue, Queue, ResultStream, SessionEvent};
 use rewardfleet_testkit::NatsServer;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -65,7 +65,7 @@ fn crashing_worker(
         loop {
             let item = tokio::select! {
                 () = stop.cancelled() => return,
-                item = source.next() => item,
+                item = source.next(1) => item,
             };
             let delivery = match item {
                 Some(Ok(d)) => d,
@@ -109,9 +109,10 @@ async fn results_for(results: &mut ResultStream, job_ids: &[&str]) -> HashMap<St
     timeout(Duration::from_secs(30), async {
         while job_ids.iter().any(|id| !got.contains_key(*id)) {
             match results.next().await {
-                Some(Ok(r)) => {
+                Some(Ok(SessionEvent::Result(r))) => {
                     got.insert(r.job_id.clone(), r);
                 }
+                Some(Ok(_)) => {}
                 Some(Err(e)) => eprintln!("passing error: {e}"),
                 None => panic!("results ended"),
             }
@@ -208,8 +209,8 @@ async fn a_job_whose_workers_all_crash_gets_failed_rewards() {
         2,
         "delivered exactly max_deliver times"
     );
-    assert!(jobs_on(&gateway, "rf.jobs.default").await.is_empty());
-    assert_eq!(jobs_on(&gateway, "rf.jobs.other").await, vec![idle]);
+    assert!(jobs_on(&gateway, "rf.jobs.default.>").await.is_empty());
+    assert_eq!(jobs_on(&gateway, "rf.jobs.other.>").await, vec![idle]);
     assert!(
         !got.contains_key(&job("idle", 1).job_id),
         "no result for a job nobody pulled"
@@ -249,14 +250,14 @@ async fn the_sweep_finds_a_dead_job_whose_advisory_nobody_heard() {
     gateway.publish_job(&fine).await.expect("publish");
     results_for(&mut results, &[&fine.job_id]).await;
     assert_eq!(
-        jobs_on(&gateway, "rf.jobs.default").await,
+        jobs_on(&gateway, "rf.jobs.default.>").await,
         vec![crash.clone()]
     );
 
     assert_eq!(gateway.sweep_dead_letters().await.expect("sweep"), 1);
     let got = results_for(&mut results, &[&crash.job_id]).await;
     assert_dead_lettered(&got[&crash.job_id], &crash);
-    assert!(jobs_on(&gateway, "rf.jobs.default").await.is_empty());
+    assert!(jobs_on(&gateway, "rf.jobs.default.>").await.is_empty());
     assert_eq!(
         gateway.sweep_dead_letters().await.expect("sweep"),
         0,
@@ -286,7 +287,7 @@ async fn the_watcher_keeps_working_across_a_server_restart() {
     let got = results_for(&mut results, &[&crash.job_id]).await;
     assert_dead_lettered(&got[&crash.job_id], &crash);
     assert_eq!(crashes.load(Ordering::SeqCst), 2);
-    assert!(jobs_on(&gateway, "rf.jobs.default").await.is_empty());
+    assert!(jobs_on(&gateway, "rf.jobs.default.>").await.is_empty());
 
     stop.cancel();
     worker_task.await.expect("worker");

@@ -7,7 +7,9 @@ use futures::StreamExt;
 use rewardfleet_core::config::{NatsConfig, WorkerConfig};
 use rewardfleet_core::{Job, JobResult};
 use rewardfleet_queue::jetstream::JetStreamOptions;
-use rewardfleet_queue::{Delivery, JetStreamQueue, JobSource, Queue, QueueError};
+use rewardfleet_queue::{
+    Delivery, JetStreamQueue, JobSource, Queue, QueueError, ResultStream, SessionEvent,
+};
 use rewardfleet_testkit::NatsServer;
 use tokio::time::timeout;
 
@@ -41,10 +43,22 @@ fn job(n: usize) -> Job {
     }
 }
 
-async fn next_delivery(source: &mut Box<dyn JobSource>) -> Delivery {
+/// The next result, skipping the session's other events.
+async fn next_result(results: &mut ResultStream) -> JobResult {
+    loop {
+        match results.next().await {
+            Some(Ok(SessionEvent::Result(r))) => return r,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => eprintln!("passing error: {e}"),
+            None => panic!("results stream ended"),
+        }
+    }
+}
+
+async fn next_delivery(source: &mut Box<dyn JobSource>, room: usize) -> Delivery {
     timeout(Duration::from_secs(10), async {
         loop {
-            match source.next().await {
+            match source.next(room).await {
                 Some(Ok(d)) => return d,
                 Some(Err(e)) => eprintln!("passing error: {e}"),
                 None => panic!("source closed"),
@@ -56,7 +70,7 @@ async fn next_delivery(source: &mut Box<dyn JobSource>) -> Delivery {
 }
 
 #[tokio::test]
-async fn capacity_bounds_what_a_source_holds() {
+async fn room_bounds_what_a_source_fetches() {
     let server = NatsServer::start().await.expect("nats-server");
     let queue = connect(&server, Duration::from_secs(30)).await;
     for n in 0..20 {
@@ -65,7 +79,8 @@ async fn capacity_bounds_what_a_source_holds() {
     let mut source = queue.jobs("default", 3).await.expect("source");
     let settle = || tokio::time::sleep(Duration::from_millis(300));
 
-    let first = next_delivery(&mut source).await;
+    // Room for 3: one handed out, at most 2 fetched ahead for the caller's free slots.
+    let first = next_delivery(&mut source, 3).await;
     settle().await;
     let status = queue.pool_status("default").await.expect("status");
     assert!(
@@ -75,8 +90,8 @@ async fn capacity_bounds_what_a_source_holds() {
     assert_eq!(status.pending + status.ack_pending as u64, 20);
 
     let mut held = vec![first];
-    held.push(next_delivery(&mut source).await);
-    held.push(next_delivery(&mut source).await);
+    held.push(next_delivery(&mut source, 2).await);
+    held.push(next_delivery(&mut source, 1).await);
     settle().await;
     let status = queue.pool_status("default").await.expect("status");
     assert_eq!(
@@ -85,11 +100,11 @@ async fn capacity_bounds_what_a_source_holds() {
     );
     assert_eq!(status.pending, 17);
 
-    // Asking for one more pulls at most `capacity` more.
-    held.push(next_delivery(&mut source).await);
+    // Room for one more pulls exactly one more.
+    held.push(next_delivery(&mut source, 1).await);
     settle().await;
     let status = queue.pool_status("default").await.expect("status");
-    assert!(status.ack_pending <= 3 + 3, "{status:?}");
+    assert_eq!(status.ack_pending, 4, "{status:?}");
     for d in held {
         d.acker.ack().await.expect("ack");
     }
@@ -111,7 +126,7 @@ async fn kill_and_restart_loses_nothing() {
     let mut source = worker.jobs("default", 2).await.expect("source");
     let worker_task = tokio::spawn(async move {
         let mut passing_errors = 0;
-        while let Some(item) = source.next().await {
+        while let Some(item) = source.next(2).await {
             let delivery = match item {
                 Ok(d) => d,
                 Err(_) => {
@@ -136,11 +151,9 @@ async fn kill_and_restart_loses_nothing() {
     });
 
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let first = timeout(Duration::from_secs(10), results.next())
+    let first = timeout(Duration::from_secs(10), next_result(&mut results))
         .await
-        .expect("a first result")
-        .expect("stream open")
-        .expect("a result");
+        .expect("a first result");
     *seen.entry(first.job_id).or_default() += 1;
 
     server.kill().await.expect("kill -9");
@@ -166,7 +179,8 @@ async fn kill_and_restart_loses_nothing() {
     let collected = timeout(Duration::from_secs(30), async {
         while seen.len() < JOBS {
             match results.next().await {
-                Some(Ok(r)) => *seen.entry(r.job_id).or_default() += 1,
+                Some(Ok(SessionEvent::Result(r))) => *seen.entry(r.job_id).or_default() += 1,
+                Some(Ok(_)) => {}
                 Some(Err(e)) => eprintln!("results: passing error: {e}"),
                 None => panic!("results stream ended"),
             }
@@ -193,23 +207,26 @@ async fn undecodable_job_is_terminated_and_reported() {
     let server = NatsServer::start().await.expect("nats-server");
     let queue = connect(&server, Duration::from_secs(1)).await;
     let js = async_nats::jetstream::new(queue.client().clone());
-    js.publish(queue.jobs_subject("default"), "not a job \u{ff}".into())
+    js.publish(
+        queue.session_jobs_subject("default", "s"),
+        "not a job \u{ff}".into(),
+    )
         .await
         .expect("publish")
         .await
         .expect("stored");
     queue.publish_job(&job(1)).await.expect("publish");
     let mut source = queue.jobs("default", 4).await.expect("source");
-    match timeout(Duration::from_secs(10), source.next()).await {
+    match timeout(Duration::from_secs(10), source.next(1)).await {
         Ok(Some(Err(QueueError::Malformed(message)))) => assert!(message.contains("terminated")),
         _ => panic!("expected a Malformed error first"),
     }
-    let d = next_delivery(&mut source).await;
+    let d = next_delivery(&mut source, 1).await;
     assert_eq!(d.job, job(1));
     d.acker.ack().await.expect("ack");
     // Terminated, so not redelivered after ack_wait.
     assert!(
-        timeout(Duration::from_millis(1500), source.next())
+        timeout(Duration::from_millis(1500), source.next(1))
             .await
             .is_err()
     );

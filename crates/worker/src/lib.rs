@@ -117,9 +117,11 @@ impl Worker {
                     Err(_) => break,
                 },
             };
+            // Room for this job and every other slot free now: the source fetches no more.
+            let room = slots.available_permits() + 1;
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
-                d = source.next() => d,
+                d = source.next(room) => d,
             };
             match delivery {
                 None => break,
@@ -180,7 +182,7 @@ impl JobContext {
         let pipeline = self.pipeline.clone();
         let scored_job = job.clone();
         let mut scoring =
-            tokio::spawn(async move { pipeline.score_job_detailed(&scored_job).await });
+            tokio::spawn(async move { pipeline.score_job(&scored_job).await });
         let heartbeat = (self.config.ack_wait / 3).max(Duration::from_millis(100));
         let scored = loop {
             tokio::select! {

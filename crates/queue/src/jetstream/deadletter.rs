@@ -31,10 +31,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{JetStreamQueue, unavailable};
-use crate::{Queue, QueueError};
+use crate::{DEAD_LETTER_WORKER, Queue, QueueError};
 
-/// What a dead-lettered result names as its worker.
-pub const DEAD_LETTER_WORKER: &str = "dead-letter";
 /// Pause before subscribing again when the subscription could not be made.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 /// Sweeps run at least this far apart, however short `ack_wait` is.
@@ -248,7 +246,7 @@ impl JetStreamQueue {
         }
         match Job::decode(message.payload) {
             Ok(job) => {
-                let error = dead_letter_error(deliveries);
+                let error = crate::given_up_error(deliveries);
                 let result = JobResult {
                     job_id: job.job_id.clone(),
                     session_id: job.session_id.clone(),
@@ -290,15 +288,6 @@ impl JetStreamQueue {
     }
 }
 
-/// The error of every reward of a job given up after `deliveries` deliveries.
-fn dead_letter_error(deliveries: u64) -> String {
-    format!(
-        "gave up after {deliveries} deliveries: every worker that took this job stopped before \
-         finishing it (crash or out of memory?); see the workers' logs and memory limits, or send \
-         smaller batches"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,8 +308,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_error_names_the_deliveries() {
-        assert!(dead_letter_error(4).starts_with("gave up after 4 deliveries"));
-    }
 }
