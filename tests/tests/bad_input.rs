@@ -159,58 +159,112 @@ async fn every_kind_of_bad_input_is_named_and_the_rest_is_scored() {
 
 /// Sends a ScoreBatchRequest whose candidate response holds invalid UTF-8, bytes as they are.
 async fn raw_score_batch(fleet: &Fleet) -> tonic::Status {
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    #[derive(Default)]
-    struct Raw;
-    struct RawEncoder;
-    struct RawDecoder;
-    impl Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawDecoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            let n = bytes::Buf::remaining(src);
-            Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
-        }
-    }
-    impl Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
-
     // ScoreBatchRequest { profile: "e2e", candidates: [Candidate { id: "u", response: 0xff 0xfe }] }
     let candidate: Vec<u8> = [&[0x0a, 1, b'u'][..], &[0x22, 2, 0xff, 0xfe][..]].concat();
     let mut message = vec![0x0a, 3, b'e', b'2', b'e', 0x12, candidate.len() as u8];
     message.extend(candidate);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", fleet.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+    raw::unary_error(
+        &fleet.channel().await,
         "/rewardfleet.v1.RewardService/ScoreBatch",
+        message,
+    )
+    .await
+}
+
+/// Bytes that are not a `ScoreRequest`, sent as the first message of a `Score` stream, end it
+/// with `INVALID_ARGUMENT` naming what could not be read, never with `OK`; and so does a batch
+/// whose candidate id is not UTF-8, after a proper `open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_end_the_stream_with_invalid_argument() {
+    use prost::Message as _;
+
+    let nats = NatsServer::start().await.unwrap();
+    let fleet = Fleet::start(&nats, 1, "").await;
+    let channel = fleet.channel().await;
+
+    // Random first messages, drawn from a fixed seed (xorshift).
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut undecodable = 0;
+    for _ in 0..300 {
+        let len = (next() % 64) as usize + 1;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let decoded = ScoreRequest::decode(bytes.as_slice());
+        let (_, status) = raw::score_stream(&channel, vec![bytes.clone()]).await;
+        match decoded {
+            Err(_) => {
+                undecodable += 1;
+                assert_eq!(
+                    status.code(),
+                    Code::InvalidArgument,
+                    "{bytes:?}: {status:?}"
+                );
+                assert!(
+                    status
+                        .message()
+                        .contains("cannot read the request: the first request"),
+                    "{}",
+                    status.message()
+                );
+            }
+            // Bytes that happen to decode: a session opens (and ends when the stream does) or
+            // a request that is not `open` is refused.
+            Ok(ScoreRequest {
+                kind: Some(score_request::Kind::Open(_)),
+            }) => {}
+            Ok(_) => assert_eq!(status.code(), Code::InvalidArgument, "{status:?}"),
+        }
+    }
+    assert!(
+        undecodable > 200,
+        "the seed must give mostly undecodable bytes: {undecodable}"
     );
-    grpc.unary(tonic::Request::new(message), path, Raw)
+
+    // A proper open, then a batch whose candidate id is the bytes 0xff 0xfe.
+    let open = ScoreRequest {
+        kind: Some(score_request::Kind::Open(
+            rewardfleet_proto::v1::SessionOpen {
+                session_id: "utf8".into(),
+                profile: "e2e".into(),
+                max_in_flight: 0,
+            },
+        )),
+    }
+    .encode_to_vec();
+    let bad_id: Vec<u8> = [&[0x0a, 2, 0xff, 0xfe][..], &[0x22, 1, b'x'][..]].concat();
+    let mut batch = vec![0x0a, bad_id.len() as u8];
+    batch.extend(bad_id);
+    let mut request = vec![0x12, batch.len() as u8];
+    request.extend(batch);
+    let (responses, status) = raw::score_stream(&channel, vec![open, request]).await;
+    assert_eq!(responses.len(), 1, "only `opened` before the error");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("request 1 of the stream")
+            && status.message().contains("Candidate.id")
+            && status.message().contains("UTF-8"),
+        "{}",
+        status.message()
+    );
+
+    // The gateway keeps serving.
+    let ok = fleet
+        .client()
         .await
-        .unwrap_err()
+        .score_batch(rewardfleet_proto::v1::ScoreBatchRequest {
+            profile: "e2e".into(),
+            candidates: vec![candidate(0)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.rewards[0].value, expected(0));
+    fleet.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

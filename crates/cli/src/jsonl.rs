@@ -131,6 +131,20 @@ pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Candidate, LineError> {
     })
 }
 
+/// The output line of a candidate that got no reward at all (a broken promise of the gateway;
+/// the run fails).
+pub fn missing_reward(id: &str) -> OutputLine {
+    OutputLine {
+        id: Some(id.to_owned()),
+        reward: 0.0,
+        components: BTreeMap::new(),
+        status: "FAILED".into(),
+        error: Some("no reward was received for this candidate".into()),
+        flags: Vec::new(),
+        line: None,
+    }
+}
+
 /// The output line of a reward.
 pub fn output(reward: &Reward) -> OutputLine {
     let status = match RewardStatus::try_from(reward.status) {

@@ -230,6 +230,16 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
     progress.finish_and_clear();
 
+    // Every candidate must have its reward: one without is written as FAILED and fails the run.
+    let missing: Vec<String> = position
+        .iter()
+        .filter(|&(_, &i)| outputs[i].is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &missing {
+        outputs[position[id]] = Some(jsonl::missing_reward(id));
+    }
+
     let mut summary = summary::Summary::default();
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
@@ -250,6 +260,21 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         summary.judges(judges.usage());
     }
     eprint!("{summary}");
+    if !missing.is_empty() {
+        let mut named = missing.clone();
+        named.sort();
+        named.truncate(10);
+        bail!(
+            "{} candidate(s) got no reward although the session closed: {}{}",
+            missing.len(),
+            named.join(", "),
+            if missing.len() > named.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, failed_reward, split_into_jobs};
+use rewardfleet_core::{
+    Candidate, Job, JobAccepted, JobResult, Reward, failed_reward, split_into_jobs,
+};
 use rewardfleet_proto::v1::{
     Batch, BatchAccepted, Close, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen,
     SessionOpened, score_request, score_response,
@@ -185,7 +187,9 @@ impl Gateway {
             .drive(&mut session, &mut requests, &mut events, tx, &cancel)
             .await;
         stats.sessions.fetch_sub(1, Ordering::Relaxed);
-        stats.in_flight.fetch_sub(session.owed.len(), Ordering::Relaxed);
+        stats
+            .in_flight
+            .fetch_sub(session.owed.len(), Ordering::Relaxed);
         outcome.map(|ended| (session.id, ended))
     }
 
@@ -364,7 +368,10 @@ impl Gateway {
                 self.inner.queue.publish_result(&result)
             })
             .await?;
-            self.owe(session, result.rewards.iter().map(|r| r.candidate_id.as_str()));
+            self.owe(
+                session,
+                result.rewards.iter().map(|r| r.candidate_id.as_str()),
+            );
         }
         session.pending.extend(jobs);
         Ok(())
@@ -489,8 +496,8 @@ impl Gateway {
 /// stream means the client is gone or broke the stream, and the session's record stays.
 fn unreadable(status: Status, at: &str, session: &str) -> Result<(String, Ended), GatewayError> {
     let message = status.message();
-    let is_decode = status.code() == Code::Internal
-        && message.starts_with("failed to decode Protobuf message");
+    let is_decode =
+        status.code() == Code::Internal && message.starts_with("failed to decode Protobuf message");
     let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
     if is_decode || too_large {
         Err(GatewayError::Unreadable(format!("{at}: {message}")))

@@ -265,7 +265,10 @@ impl Inner {
                 continue;
             }
             if state.abandoned_set.contains(&job.job.session_id) {
-                tracing::debug!(job_id, "in-process queue: job of an abandoned session skipped");
+                tracing::debug!(
+                    job_id,
+                    "in-process queue: job of an abandoned session skipped"
+                );
                 Self::finish(state, &job_id);
                 continue;
             }
@@ -519,9 +522,10 @@ impl ResultCursor {
                     self.newest = session.newest.subscribe();
                 }
                 self.newest.borrow_and_update();
-                let entry = state.sessions.get(&self.session_id).and_then(|session| {
-                    session.entries.iter().find(|(seq, _)| *seq >= self.next)
-                });
+                let entry = state
+                    .sessions
+                    .get(&self.session_id)
+                    .and_then(|session| session.entries.iter().find(|(seq, _)| *seq >= self.next));
                 if let Some(until) = self.replay_until
                     && entry.is_none_or(|(seq, _)| *seq >= until)
                 {

@@ -338,26 +338,45 @@ async fn ledger_replays_in_order_then_caught_up(h: &Harness) {
     q.record_accepted(&accepted("s1", 1))
         .await
         .expect("a duplicate entry is accepted");
-    q.record_accepted(&accepted("other", 7)).await.expect("record");
+    q.record_accepted(&accepted("other", 7))
+        .await
+        .expect("record");
     q.publish_result(&result("s1", 1)).await.expect("publish");
 
     let mut stream = q.results("s1").await.expect("subscribe");
-    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 1)));
-    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 2)));
-    assert_eq!(next_event(&mut stream).await, SessionEvent::Result(result("s1", 1)));
+    assert_eq!(
+        next_event(&mut stream).await,
+        SessionEvent::Accepted(accepted("s1", 1))
+    );
+    assert_eq!(
+        next_event(&mut stream).await,
+        SessionEvent::Accepted(accepted("s1", 2))
+    );
+    assert_eq!(
+        next_event(&mut stream).await,
+        SessionEvent::Result(result("s1", 1))
+    );
     assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
     q.publish_result(&result("s1", 2)).await.expect("publish");
-    assert_eq!(next_event(&mut stream).await, SessionEvent::Result(result("s1", 2)));
+    assert_eq!(
+        next_event(&mut stream).await,
+        SessionEvent::Result(result("s1", 2))
+    );
     assert!(next_event_within(&mut stream, QUIET).await.is_none());
 }
 
 async fn a_new_session_is_caught_up_at_once(h: &Harness) {
     let q = &h.queue;
-    q.publish_result(&result("other", 1)).await.expect("publish");
+    q.publish_result(&result("other", 1))
+        .await
+        .expect("publish");
     let mut stream = q.results("s1").await.expect("subscribe");
     assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
     q.record_accepted(&accepted("s1", 1)).await.expect("record");
-    assert_eq!(next_event(&mut stream).await, SessionEvent::Accepted(accepted("s1", 1)));
+    assert_eq!(
+        next_event(&mut stream).await,
+        SessionEvent::Accepted(accepted("s1", 1))
+    );
 }
 
 async fn abandoned_session_jobs_are_skipped(h: &Harness) {

@@ -211,10 +211,10 @@ async fn undecodable_job_is_terminated_and_reported() {
         queue.session_jobs_subject("default", "s"),
         "not a job \u{ff}".into(),
     )
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
     queue.publish_job(&job(1)).await.expect("publish");
     let mut source = queue.jobs("default", 4).await.expect("source");
     match timeout(Duration::from_secs(10), source.next(1)).await {

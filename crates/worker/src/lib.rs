@@ -39,6 +39,10 @@ pub struct WorkerStats {
     pub jobs_retried: AtomicU64,
     /// Jobs given up after their last attempt (FAILED rewards published).
     pub jobs_given_up: AtomicU64,
+    /// Deliveries taken (a job delivered twice counts twice).
+    pub deliveries: AtomicU64,
+    /// Deliveries of a job already delivered before (a worker died, an ack timed out, a nak).
+    pub redeliveries: AtomicU64,
     /// Jobs being scored now.
     pub in_flight: AtomicU64,
     /// Ready to take work (its models loaded and warm, pulling).
@@ -118,7 +122,7 @@ impl Worker {
                 },
             };
             // Room for this job and every other slot free now: the source fetches no more.
-            let room = slots.available_permits() + 1;
+            let room = capacity;
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
                 d = source.next(room) => d,
@@ -165,6 +169,10 @@ struct JobContext {
 
 impl JobContext {
     async fn process(&self, delivery: Delivery) {
+        self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        if delivery.attempt > 1 {
+            self.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let job_id = delivery.job.job_id.clone();
         let outcome = self.score_publish_ack(&delivery).await;
@@ -181,8 +189,7 @@ impl JobContext {
         // and send in-progress acks while it runs so that a long job is not redelivered.
         let pipeline = self.pipeline.clone();
         let scored_job = job.clone();
-        let mut scoring =
-            tokio::spawn(async move { pipeline.score_job(&scored_job).await });
+        let mut scoring = tokio::spawn(async move { pipeline.score_job(&scored_job).await });
         let heartbeat = (self.config.ack_wait / 3).max(Duration::from_millis(100));
         let scored = loop {
             tokio::select! {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub mod process;
+pub mod raw;
 
 /// The profile every test scores with: rules whose values the test computes itself.
 pub const PROFILES: &str = r#"
@@ -151,6 +152,15 @@ impl Fleet {
             .unwrap()
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// A plain channel to the gateway (for raw calls and other services).
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn stop(self) {

@@ -20,7 +20,11 @@ impl Process {
             .args(args)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            // RF_TEST_LOG (a tracing filter) shows more of the processes' logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("RF_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

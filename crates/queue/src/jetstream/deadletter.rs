@@ -307,5 +307,4 @@ mod tests {
             assert!(serde_json::from_slice::<MaxDeliveriesAdvisory>(bad).is_err());
         }
     }
-
 }

@@ -1,0 +1,190 @@
+//! A session's ledger survives its gateway: a session resumed on another gateway is owed every
+//! candidate accepted before, and `closed` comes only after each of their rewards.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rewardfleet_core::Candidate;
+use rewardfleet_proto::v1::{Close, ScoreRequest, score_request, score_response};
+use rewardfleet_testkit::{NatsServer, free_port};
+use support::process::Process;
+use support::*;
+use tokio::time::timeout;
+
+const N: usize = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_closes_only_after_every_accepted_reward() {
+    let nats = NatsServer::start().await.unwrap();
+    let candidates: Vec<Candidate> = (0..N).map(candidate).collect();
+
+    // Every batch accepted while no worker runs; then the stream breaks.
+    let fleet = Fleet::start(&nats, 0, "").await;
+    let mut requests = session_requests("resume-1", "e2e", 2048, &candidates, 128);
+    requests.pop(); // no close
+    let batches = requests.len() - 1;
+    let (tx, rx) = tokio::sync::mpsc::channel(requests.len());
+    for r in requests {
+        tx.send(r).await.unwrap();
+    }
+    let mut responses = fleet
+        .client()
+        .await
+        .score(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut accepted = 0;
+    while accepted < batches {
+        match responses.next().await.unwrap().unwrap().kind {
+            Some(score_response::Kind::Accepted(_)) => accepted += 1,
+            Some(score_response::Kind::Reward(r)) => panic!("no worker, yet a reward: {r:?}"),
+            _ => {}
+        }
+    }
+    drop(responses);
+    drop(tx);
+    // The gateway goes away with the session open.
+    fleet.stop().await;
+
+    // Another gateway: reopen the session and close it at once.
+    let mut fleet = Fleet::start(&nats, 0, "").await;
+    let mut client = fleet.client().await;
+    let resumed = tokio::spawn(async move {
+        let requests = vec![
+            session_requests("resume-1", "e2e", 2048, &[], 1).remove(0),
+            ScoreRequest {
+                kind: Some(score_request::Kind::Close(Close {})),
+            },
+        ];
+        let mut responses = client
+            .score(futures::stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut rewards = HashMap::new();
+        let mut closed = None;
+        while let Some(response) = responses.next().await {
+            match response.unwrap().kind {
+                Some(score_response::Kind::Reward(r)) => {
+                    assert!(closed.is_none(), "a reward after `closed`");
+                    assert!(rewards.insert(r.candidate_id.clone(), r).is_none());
+                }
+                Some(score_response::Kind::Closed(c)) => closed = Some(c.rewards),
+                _ => {}
+            }
+        }
+        (rewards, closed)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !resumed.is_finished(),
+        "the session closed while it still owed {N} rewards"
+    );
+
+    fleet.add_worker().await;
+    let (rewards, closed) = timeout(Duration::from_secs(60), resumed)
+        .await
+        .expect("every reward within 60 s")
+        .unwrap();
+    assert_eq!(closed, Some(N as u64));
+    assert_eq!(rewards.len(), N);
+    for (i, c) in candidates.iter().enumerate() {
+        assert_eq!(rewards[&c.id].value, expected(i), "{}", c.id);
+    }
+    fleet.stop().await;
+}
+
+/// `rewardfleet score --gateway` through a gateway killed and restarted while nothing was
+/// scored yet: it resumes, waits for every reward, and writes every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_through_a_restarted_gateway_writes_every_line() {
+    let nats = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let config = dir.path().join("fleet.toml");
+    let text = config_text(Some(&nats.url()), "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            let c = candidate(i);
+            serde_json::json!({"id": c.id, "group_id": c.group_id, "prompt": "q", "response": c.response, "reference": c.reference}).to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = dir.path().join("out.jsonl");
+
+    let mut gateway = Process::start("gateway", &["gateway"], &config, "listening");
+    let mut client = Command::new(binary())
+        .args([
+            "score",
+            "--window",
+            "2048",
+            "--batch-size",
+            "128",
+            "--gateway",
+        ])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Every job queued (groups of 8 in jobs of 64), none scored: no worker runs yet.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    timeout(Duration::from_secs(30), async {
+        loop {
+            let mut jobs = js.get_stream("RF_JOBS").await.unwrap();
+            if jobs.info().await.unwrap().state.messages == (N / 64) as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every job queued");
+
+    gateway.kill9();
+    let _gateway = Process::start("gateway-2", &["gateway"], &config, "listening");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _worker = Process::start("worker", &["worker"], &config, "pulling");
+
+    let status = timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(status) = client.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("score finishes");
+    assert!(status.success(), "rewardfleet score exited with {status}");
+    let out = std::fs::read_to_string(&output).unwrap();
+    let values: HashMap<String, f64> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["reward"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(values.len(), N);
+    for i in 0..N {
+        assert_eq!(values[&candidate(i).id], expected(i));
+    }
+}
