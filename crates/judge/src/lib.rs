@@ -16,6 +16,7 @@
 //! | `all_pairs_up_to` | `8` | pairwise: groups up to this size compare all pairs, larger ones compare each with the anchor |
 //! | `anchor` | `0` | pairwise: index in the group of the anchor candidate |
 
+mod admission;
 pub mod bench;
 mod breaker;
 mod cache;

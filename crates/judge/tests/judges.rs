@@ -576,24 +576,27 @@ rubric = "helpful.md""#,
     );
 }
 
-#[tokio::test]
-async fn a_full_local_queue_sheds_with_a_retryable_error() {
+/// Scores `n` candidates at once (one group, so every judgement is started from one task, as a
+/// worker's job is) against a slow judge with room for `queue_capacity`; returns (shed, ok).
+async fn burst(queue_capacity: usize, n: usize) -> (usize, usize) {
     let fake = FakeJudge::start(FakeJudgeConfig {
-        latency: Latency::Fixed(Duration::from_millis(200)),
+        latency: Latency::Fixed(Duration::from_millis(400)),
         ..FakeJudgeConfig::default()
     })
     .await
     .unwrap();
     let mut config = judge_config("j", &fake);
-    config.max_concurrency = 1;
-    config.queue_capacity = 1;
+    config.max_concurrency = 64;
+    config.queue_capacity = queue_capacity;
+    config.deadline = Duration::from_secs(30);
+    config.timeout = Duration::from_secs(10);
     let rig = rig(&[config], JudgeCache::None);
     let scorer = rig.scorer(
         r#"scorer = "j"
 rubric = "helpful.md""#,
     );
-    let group: Vec<Candidate> = (0..10)
-        .map(|i| candidate(&i.to_string(), "quality:5"))
+    let group: Vec<Candidate> = (0..n)
+        .map(|i| candidate(&i.to_string(), &format!("answer {i} quality:5")))
         .collect();
     let out = scorer.score(&ctx("s"), &group).await;
     let shed = out
@@ -604,10 +607,23 @@ rubric = "helpful.md""#,
         })
         .count();
     let ok = out.iter().filter(|o| o.is_ok()).count();
-    assert!(
-        shed >= 5 && ok >= 1 && shed + ok == 10,
-        "shed {shed}, ok {ok}"
-    );
+    assert_eq!(shed + ok, n, "only sheds or values: {out:?}");
+    assert_eq!(fake.calls() as usize, ok, "a shed judgement makes no call");
+    (shed, ok)
+}
+
+/// A burst that fits the queue is never shed, however many judgements one task starts at once
+/// (more than tokio's cooperative budget of 128).
+#[tokio::test]
+async fn a_burst_of_queue_capacity_judgements_is_not_shed() {
+    assert_eq!(burst(256, 256).await, (0, 256));
+}
+
+/// Past the queue, exactly the excess is shed, with a retryable error and no call.
+#[tokio::test]
+async fn a_burst_past_queue_capacity_sheds_exactly_the_excess() {
+    assert_eq!(burst(200, 213).await, (13, 200));
+    assert_eq!(burst(1, 10).await, (9, 1));
 }
 
 #[tokio::test]
