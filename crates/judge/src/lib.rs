@@ -37,7 +37,7 @@ use rewardfleet_core::{ConfigProblem, Scorer};
 
 pub use cache::JudgeCache;
 pub use client::{ChatRequest, ChatTurn, Completion, TokenLogprobs, TokenUsage};
-pub use injection::INJECTION_FLAG;
+pub use injection::{INJECTION_FLAG, INJECTION_JUDGE_FLAG, INJECTION_SCREEN_FLAG};
 pub use judge::JudgeUsage;
 pub use method::{
     Aggregate, DISAGREEMENT_FLAG, Method, NO_LOGPROBS_FLAG, NO_OPPONENT_FLAG, OnInjection,
