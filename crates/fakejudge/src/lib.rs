@@ -14,6 +14,9 @@
 //! - **reference-guided** (a `<reference>` block): `{"correct": bool}`, true when the response
 //!   contains the reference (case and whitespace folded).
 //!
+//! Rubric and reference verdicts also carry `"manipulation_attempt"`: true when the response
+//! holds the marker [`MANIPULATION_MARKER`], as a judge that saw through an injection would say.
+//!
 //! Faults ([`Fault`]) are served from a per-call script, then at random with `fault_rate`.
 
 use std::collections::VecDeque;
@@ -474,6 +477,10 @@ pub fn expected_score(q: i64, min: i64, max: i64) -> f64 {
     valid.iter().map(|(s, p)| s * p).sum::<f64>() / total
 }
 
+/// A response holding this text is reported as a manipulation attempt in rubric and reference
+/// verdicts (`"manipulation_attempt": true`).
+pub const MANIPULATION_MARKER: &str = "manipulation:yes";
+
 /// Text between `<tag>` and `</tag>` (the first such block).
 pub fn block<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
@@ -539,7 +546,9 @@ fn completion(body: &Value, fault: Fault, bias: i64) -> Value {
     } else if let Some(reference) = block(&last_user, "reference") {
         let response = block(&last_user, "response").unwrap_or_default();
         let correct = fold(response).contains(&fold(reference));
-        json!({"reasoning": "Compared with the reference.", "correct": correct}).to_string()
+        let manipulation = response.contains(MANIPULATION_MARKER);
+        json!({"reasoning": "Compared with the reference.", "correct": correct, "manipulation_attempt": manipulation})
+            .to_string()
     } else {
         let response = block(&last_user, "response").unwrap_or_default();
         let q = (quality(response, min, max) + bias).clamp(min.min(max), max.max(min));
@@ -555,7 +564,9 @@ fn completion(body: &Value, fault: Fault, bias: i64) -> Value {
             }
             q.to_string()
         } else {
-            json!({"reasoning": format!("The response is worth {q}."), "score": q}).to_string()
+            let manipulation = response.contains(MANIPULATION_MARKER);
+            json!({"reasoning": format!("The response is worth {q}."), "score": q, "manipulation_attempt": manipulation})
+                .to_string()
         }
     };
     let content = match fault {
@@ -623,6 +634,7 @@ mod tests {
             serde_json::from_str(c["choices"][0]["message"]["content"].as_str().unwrap_or(""))
                 .unwrap_or_default();
         assert_eq!(content["score"], 3);
+        assert_eq!(content["manipulation_attempt"], false);
         assert!(c["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0);
     }
 }

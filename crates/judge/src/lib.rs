@@ -16,6 +16,7 @@
 //! | `all_pairs_up_to` | `8` | pairwise: groups up to this size compare all pairs, larger ones compare each with the anchor |
 //! | `anchor` | `0` | pairwise: index in the group of the anchor candidate |
 
+mod admission;
 pub mod bench;
 mod breaker;
 mod cache;
@@ -36,7 +37,7 @@ use rewardfleet_core::{ConfigProblem, Scorer};
 
 pub use cache::JudgeCache;
 pub use client::{ChatRequest, ChatTurn, Completion, TokenLogprobs, TokenUsage};
-pub use injection::INJECTION_FLAG;
+pub use injection::{INJECTION_FLAG, INJECTION_JUDGE_FLAG, INJECTION_SCREEN_FLAG};
 pub use judge::JudgeUsage;
 pub use method::{
     Aggregate, DISAGREEMENT_FLAG, Method, NO_LOGPROBS_FLAG, NO_OPPONENT_FLAG, OnInjection,

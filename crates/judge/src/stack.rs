@@ -18,6 +18,7 @@ use tower::util::BoxCloneSyncService;
 use tower::util::rng::HasherRng;
 
 use crate::JudgeError;
+use crate::admission::AdmissionLayer;
 use crate::breaker::{CircuitBreakerLayer, CircuitOpen};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
 use crate::tokens::TokenRateLimitLayer;
@@ -65,11 +66,14 @@ pub(crate) fn build(
         // The overall deadline of one judgement: queueing, every attempt and every backoff.
         // Outermost, so nothing below can make a caller wait longer.
         .timeout(config.deadline)
-        // Load shedding: when the local queue below is full, fail at once (retryable) instead of
-        // queueing without bound; the worker nacks and the job comes back later.
-        .load_shed()
-        // The bounded local queue (`queue_capacity`). RateLimit is not Clone; the buffer makes
-        // the stack cloneable and lets every profile component share one set of limits.
+        // Admission: at most `queue_capacity` judgements inside the stack (queued or in flight),
+        // counted by a semaphore; one more fails at once with a retryable overload and the worker
+        // nacks. Shedding by count, not by the buffer's readiness: a buffer that is briefly not
+        // ready (cooperative budget, its worker not yet run) is not full.
+        .layer(AdmissionLayer::new(config.queue_capacity))
+        // The local queue. RateLimit is not Clone; the buffer makes the stack cloneable and lets
+        // every profile component share one set of limits. Admission above keeps it from ever
+        // holding more than `queue_capacity`, so callers only wait here for the worker's turn.
         .buffer(config.queue_capacity)
         // At most `max_concurrency` judgements in flight to the endpoint. Above the retry layer,
         // so a judgement's retries reuse its slot and the endpoint never sees more than this.

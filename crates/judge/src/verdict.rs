@@ -204,6 +204,16 @@ pub fn parse_correct(text: &str) -> Result<bool, VerdictError> {
     }
 }
 
+/// Whether the verdict reports a manipulation attempt (`"manipulation_attempt": true`); false
+/// when the field is missing or unreadable.
+pub fn parse_manipulation_attempt(text: &str) -> bool {
+    match last_json_object(text).and_then(|o| o.get("manipulation_attempt").cloned()) {
+        Some(Value::Bool(b)) => b,
+        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "yes"),
+        _ => false,
+    }
+}
+
 fn excerpt(text: &str) -> String {
     let mut s: String = text.chars().take(120).collect();
     if text.chars().count() > 120 {
@@ -250,5 +260,12 @@ mod tests {
         assert_eq!(parse_correct("```{\"correct\": True}```"), Ok(true));
         assert_eq!(parse_correct("Incorrect."), Ok(false));
         assert!(parse_correct("hmm").is_err());
+        assert!(parse_manipulation_attempt(
+            r#"{"reasoning": "x", "score": 2, "manipulation_attempt": true}"#
+        ));
+        assert!(!parse_manipulation_attempt(
+            r#"{"score": 2, "manipulation_attempt": false}"#
+        ));
+        assert!(!parse_manipulation_attempt(r#"{"score": 2}"#));
     }
 }

@@ -38,7 +38,8 @@ pub struct JudgeConfig {
     pub deadline: Duration,
     /// Retries after the first attempt, at most.
     pub max_retries: usize,
-    /// Requests waiting for a slot, at most; more are shed.
+    /// Judgements inside the judge's stack at once (queued or in flight), at most; more are
+    /// shed with the retryable `judge_overloaded`.
     pub queue_capacity: usize,
     /// Sampling parameters sent with every request.
     pub sampling: SamplingConfig,
