@@ -1,5 +1,5 @@
 //! The `rewardfleet` binary as a user runs it: `check` on broken configurations, `score` on a
-//! JSONL file with broken lines, judges that fall back.
+//! JSONL file with broken lines, judges that fall back and judgements that are redelivered.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
@@ -324,4 +324,68 @@ components = [
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
     }
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_does_not_send_the_judge_what_it_refused() {
+    // Calls in arrival order: one candidate is refused (400), the other's judge is unavailable
+    // (503, no retries), so the job goes back to the queue and is scored again.
+    let fake = FakeJudge::start(FakeJudgeConfig {
+        script: vec![Fault::BadRequest, Fault::Unavailable { retry_after: None }],
+        ..FakeJudgeConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helpful.md"), "Score how helpful it is.").unwrap();
+    let judges = judges_toml(&[("j", fake.base_url())], "max_retries = 0");
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            None,
+            &format!(
+                "{judges}\n[profile.judged]\ncomponents = [{{ scorer = \"j\", rubric = \"helpful.md\" }}]\non_component_failure = \"fail\"\n"
+            ),
+        )
+        .replace("[worker]\n", "[worker]\nretry_delay = \"50ms\"\n"),
+    )
+    .unwrap();
+    let candidates = [judged(0, "quality:3 first"), judged(1, "quality:8 second")];
+    let out = {
+        let (config, dir_path) = (config.clone(), dir.path().to_owned());
+        let cands = candidates.to_vec();
+        tokio::task::spawn_blocking(move || score_embedded(&config, "judged", &cands, &dir_path))
+            .await
+            .unwrap()
+    };
+    let refused: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| out[&c.id]["status"] == "FAILED")
+        .collect();
+    assert_eq!(refused.len(), 1, "{out:?}");
+    let refused = refused[0];
+    assert!(
+        out[&refused.id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("judge_rejected"),
+        "{out:?}"
+    );
+    let flaky = candidates.iter().find(|c| c.id != refused.id).unwrap();
+    assert_eq!(out[&flaky.id]["status"], "OK", "{out:?}");
+    // Two deliveries: the refused candidate went to the judge once, the other twice.
+    let sent = |c: &Candidate| {
+        fake.requests()
+            .iter()
+            .filter(|r| {
+                r.body["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&c.response)
+            })
+            .count()
+    };
+    assert_eq!((sent(refused), sent(flaky)), (1, 2));
+    assert_eq!(fake.calls(), 3);
 }
