@@ -1,11 +1,14 @@
 //! The `rewardfleet` binary as a user runs it: `check` on broken configurations, `score` on a
-//! JSONL file with broken lines.
+//! JSONL file with broken lines, judges that fall back and judgements that are redelivered.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
+use rewardfleet_core::{Candidate, ChatMessage};
+use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Fault};
 use support::*;
 
 #[test]
@@ -181,4 +184,208 @@ fn score_answers_broken_lines_and_scores_the_rest() {
     assert!(summary.contains("scored 7 candidates"), "{summary}");
     assert!(summary.contains("3 ok, 0 degraded, 4 failed"), "{summary}");
     assert!(summary.contains("malformed JSON line"), "{summary}");
+}
+
+/// `[[judge]]` tables for fake judges: `(name, base_url)`.
+fn judges_toml(judges: &[(&str, String)], extra: &str) -> String {
+    judges
+        .iter()
+        .map(|(name, url)| {
+            format!(
+                "[[judge]]\nname = \"{name}\"\nbase_url = \"{url}\"\nmodel = \"fake-judge\"\nrequests_per_second = 1000\ntimeout = \"2s\"\ndeadline = \"10s\"\nbackoff_base = \"10ms\"\n{extra}\n"
+            )
+        })
+        .collect()
+}
+
+fn judged(i: usize, response: &str) -> Candidate {
+    Candidate {
+        id: format!("j{i}"),
+        group_id: "g".into(),
+        prompt: vec![ChatMessage {
+            role: "user".into(),
+            content: "Explain the answer.".into(),
+        }],
+        response: response.into(),
+        ..Candidate::default()
+    }
+}
+
+fn check_output(config: &Path) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_falls_back_to_a_judge_through_rewardfleet_score() {
+    // The primary refuses every request; the backup answers.
+    let down = FakeJudge::start(FakeJudgeConfig {
+        fault_rate: 1.0,
+        random_fault: Fault::BadRequest,
+        ..FakeJudgeConfig::default()
+    })
+    .await
+    .unwrap();
+    let up = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helpful.md"), "Score how helpful it is.").unwrap();
+    let config = dir.path().join("fleet.toml");
+    let judges = judges_toml(
+        &[("primary", down.base_url()), ("backup", up.base_url())],
+        "",
+    );
+    // `fallback = "backup"` inherits the primary's rubric and score range.
+    std::fs::write(
+        &config,
+        config_text(
+            None,
+            &format!(
+                "{judges}\n[profile.judged]\ncomponents = [{{ scorer = \"primary\", rubric = \"helpful.md\", score_range = [0, 10], fallback = \"backup\" }}]\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check_output(&config);
+    assert!(ok && stdout.contains("ok (embedded mode"), "{stderr}");
+
+    let candidates = [judged(0, "quality:7 yes"), judged(1, "quality:2 no")];
+    let out = {
+        let (config, dir_path) = (config.clone(), dir.path().to_owned());
+        let cands = candidates.to_vec();
+        tokio::task::spawn_blocking(move || score_embedded(&config, "judged", &cands, &dir_path))
+            .await
+            .unwrap()
+    };
+    for (c, want) in [(&candidates[0], 0.7), (&candidates[1], 0.2)] {
+        let line = &out[&c.id];
+        assert_eq!(line["status"], "DEGRADED", "{line}");
+        assert!(
+            (line["reward"].as_f64().unwrap() - want).abs() < 1e-9,
+            "the backup judged with the inherited score range: {line}"
+        );
+        let flags: Vec<&str> = line["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(
+            flags.contains(&"fallback:primary:backup:judge_rejected"),
+            "{line}"
+        );
+    }
+    assert_eq!((down.calls(), up.calls()), (2, 2));
+}
+
+#[test]
+fn check_rejects_a_fallback_that_cannot_be_built() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helpful.md"), "Score how helpful it is.").unwrap();
+    let judges = judges_toml(
+        &[
+            ("primary", "http://127.0.0.1:9/v1".into()),
+            ("backup", "http://127.0.0.1:9/v1".into()),
+        ],
+        "",
+    );
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            None,
+            &format!(
+                r#"{judges}
+[profile.judged]
+components = [
+  {{ rule = "exact_match", fallback = "backup" }},
+  {{ scorer = "primary", rubric = "helpful.md", fallback = {{ scorer = "backup", method = "vibes" }} }},
+]
+"#
+            ),
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check_output(&config);
+    assert!(!ok, "check accepted a fallback no worker can build");
+    for want in [
+        "profile.judged.components[0].fallback: \"backup\": rubric: ",
+        "fallback = { scorer = \"backup\"",
+        "profile.judged.components[1].fallback.method: unknown method \"vibes\"",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_job_does_not_send_the_judge_what_it_refused() {
+    // Calls in arrival order: one candidate is refused (400), the other's judge is unavailable
+    // (503, no retries), so the job goes back to the queue and is scored again.
+    let fake = FakeJudge::start(FakeJudgeConfig {
+        script: vec![Fault::BadRequest, Fault::Unavailable { retry_after: None }],
+        ..FakeJudgeConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("helpful.md"), "Score how helpful it is.").unwrap();
+    let judges = judges_toml(&[("j", fake.base_url())], "max_retries = 0");
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            None,
+            &format!(
+                "{judges}\n[profile.judged]\ncomponents = [{{ scorer = \"j\", rubric = \"helpful.md\" }}]\non_component_failure = \"fail\"\n"
+            ),
+        )
+        .replace("[worker]\n", "[worker]\nretry_delay = \"50ms\"\n"),
+    )
+    .unwrap();
+    let candidates = [judged(0, "quality:3 first"), judged(1, "quality:8 second")];
+    let out = {
+        let (config, dir_path) = (config.clone(), dir.path().to_owned());
+        let cands = candidates.to_vec();
+        tokio::task::spawn_blocking(move || score_embedded(&config, "judged", &cands, &dir_path))
+            .await
+            .unwrap()
+    };
+    let refused: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| out[&c.id]["status"] == "FAILED")
+        .collect();
+    assert_eq!(refused.len(), 1, "{out:?}");
+    let refused = refused[0];
+    assert!(
+        out[&refused.id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("judge_rejected"),
+        "{out:?}"
+    );
+    let flaky = candidates.iter().find(|c| c.id != refused.id).unwrap();
+    assert_eq!(out[&flaky.id]["status"], "OK", "{out:?}");
+    // Two deliveries: the refused candidate went to the judge once, the other twice.
+    let sent = |c: &Candidate| {
+        fake.requests()
+            .iter()
+            .filter(|r| {
+                r.body["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&c.response)
+            })
+            .count()
+    };
+    assert_eq!((sent(refused), sent(flaky)), (1, 2));
+    assert_eq!(fake.calls(), 3);
 }

@@ -1,5 +1,14 @@
 //! The verdict cache: content-addressed, in memory (embedded mode) or in a NATS KV bucket shared
 //! by the fleet. A cache never fails a judgement: its errors are logged and read as misses.
+//!
+//! It keeps what the endpoint answered to one request ([`Answer`]): readable verdicts for the
+//! judge's `cache_ttl`, and permanent failures — a request refused for what it contains, an
+//! answer the method could not read — for the shorter `failure_cache_ttl`. A job is scored again
+//! whole when it is redelivered (another of its candidates failed for a passing reason, or its
+//! worker died), on whichever worker pulls it; the failures kept here make that redelivery fail
+//! those candidates the same way without asking the judge again, exactly as kept verdicts make it
+//! succeed without a call. Keyed like verdicts, so only the same judgement (judge, template,
+//! prompt, response, reference) is answered from them.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -119,11 +128,40 @@ impl CacheKey {
     }
 }
 
+/// What the endpoint answered to one request, as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Answer {
+    /// A verdict the method could read; kept for the judge's `cache_ttl`.
+    #[serde(rename = "completion")]
+    Verdict(Completion),
+    /// An answer the method could not read; kept for `failure_cache_ttl`. Replayed, it takes the
+    /// method through the same repairs to the same `judge_parse_error`.
+    Unreadable(Completion),
+    /// The endpoint refused the request for what it contains (HTTP 400, 413, 422); kept for
+    /// `failure_cache_ttl` and replayed as the same permanent error.
+    Refused {
+        /// The error's reason (`judge_rejected`).
+        reason: String,
+        /// The error's message.
+        message: String,
+    },
+}
+
+impl Answer {
+    fn is_failure(&self) -> bool {
+        !matches!(self, Self::Verdict(_))
+    }
+}
+
+/// A KV entry. A verdict is stored as `{"stored_at", "completion"}`, the layout that workers
+/// which know no failures read; they skip the failure entries as unreadable.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     /// Unix milliseconds when stored.
     stored_at: u64,
-    completion: Completion,
+    #[serde(flatten)]
+    answer: Answer,
 }
 
 fn now_ms() -> u64 {
@@ -137,7 +175,7 @@ fn now_ms() -> u64 {
 pub(crate) enum Cache {
     None,
     Memory {
-        lru: Mutex<LruCache<CacheKey, (u64, Completion)>>,
+        lru: Mutex<LruCache<CacheKey, (u64, Answer)>>,
         ttl: Duration,
     },
     Kv(jetstream::kv::Store),
@@ -158,18 +196,29 @@ impl Cache {
         }
     }
 
-    /// A stored answer younger than `ttl` (and the cache's own TTL).
-    pub(crate) async fn get(&self, key: &CacheKey, ttl: Duration) -> Option<Completion> {
-        let fresh = |stored_at: u64, ttl: Duration| {
-            now_ms().saturating_sub(stored_at) < ttl.as_millis() as u64
+    /// A stored answer still fresh: a verdict younger than `verdict_ttl`, a failure younger than
+    /// `failure_ttl` (and, in memory, either younger than the cache's own TTL).
+    pub(crate) async fn get(
+        &self,
+        key: &CacheKey,
+        verdict_ttl: Duration,
+        failure_ttl: Duration,
+    ) -> Option<Answer> {
+        let fresh = |stored_at: u64, answer: &Answer, cap: Duration| {
+            let ttl = if answer.is_failure() {
+                failure_ttl
+            } else {
+                verdict_ttl
+            };
+            now_ms().saturating_sub(stored_at) < ttl.min(cap).as_millis() as u64
         };
         match self {
             Self::None => None,
             Self::Memory { lru, ttl: own } => {
                 let mut lru = lru.lock().ok()?;
-                let (stored_at, completion) = lru.get(key)?;
-                if fresh(*stored_at, ttl.min(*own)) {
-                    Some(completion.clone())
+                let (stored_at, answer) = lru.get(key)?;
+                if fresh(*stored_at, answer, *own) {
+                    Some(answer.clone())
                 } else {
                     lru.pop(key);
                     None
@@ -177,7 +226,7 @@ impl Cache {
             }
             Self::Kv(store) => match store.get(key.hex()).await {
                 Ok(Some(bytes)) => match serde_json::from_slice::<Entry>(&bytes) {
-                    Ok(e) if fresh(e.stored_at, ttl) => Some(e.completion),
+                    Ok(e) if fresh(e.stored_at, &e.answer, Duration::MAX) => Some(e.answer),
                     Ok(_) => None,
                     Err(e) => {
                         tracing::warn!(error = %e, "unreadable judge cache entry; treated as a miss");
@@ -193,20 +242,18 @@ impl Cache {
         }
     }
 
-    pub(crate) async fn put(&self, key: &CacheKey, completion: &Completion) {
+    /// Keeps `answer` under `key` (replacing what was there).
+    pub(crate) async fn put(&self, key: &CacheKey, answer: Answer) {
         let stored_at = now_ms();
         match self {
             Self::None => {}
             Self::Memory { lru, .. } => {
                 if let Ok(mut lru) = lru.lock() {
-                    lru.put(*key, (stored_at, completion.clone()));
+                    lru.put(*key, (stored_at, answer));
                 }
             }
             Self::Kv(store) => {
-                let entry = Entry {
-                    stored_at,
-                    completion: completion.clone(),
-                };
+                let entry = Entry { stored_at, answer };
                 match serde_json::to_vec(&entry) {
                     Ok(bytes) => {
                         if let Err(e) = store.put(key.hex(), bytes.into()).await {
@@ -217,5 +264,73 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(content: &str) -> Completion {
+        Completion {
+            content: content.into(),
+            logprobs: None,
+            usage: Default::default(),
+        }
+    }
+
+    #[test]
+    fn verdict_entries_keep_the_layout_older_workers_read() {
+        let entry = Entry {
+            stored_at: 7,
+            answer: Answer::Verdict(completion("{\"score\": 3}")),
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&entry).unwrap_or_default())
+                .unwrap_or_default();
+        assert_eq!(json["stored_at"], 7);
+        assert_eq!(json["completion"]["content"], "{\"score\": 3}");
+        // A failure has no `completion`: a worker that knows only verdicts reads it as a miss.
+        let refused = Entry {
+            stored_at: 7,
+            answer: Answer::Refused {
+                reason: "judge_rejected".into(),
+                message: "HTTP 400".into(),
+            },
+        };
+        let bytes = serde_json::to_vec(&refused).unwrap_or_default();
+        let back: Option<Entry> = serde_json::from_slice(&bytes).ok();
+        assert_eq!(back.map(|e| e.answer), Some(refused.answer));
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default()["completion"]
+                .is_null()
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_expire_with_their_own_ttl() {
+        let cache = Cache::new(JudgeCache::Memory {
+            capacity: 8,
+            ttl: Duration::from_secs(60),
+        });
+        let req = ChatRequest {
+            messages: Vec::new(),
+            logprobs: false,
+            response_format: None,
+            deadline: tokio::time::Instant::now(),
+        };
+        let (verdict, failure) = (CacheKey::new("j", "a", &req), CacheKey::new("j", "b", &req));
+        cache.put(&verdict, Answer::Verdict(completion("7"))).await;
+        cache
+            .put(&failure, Answer::Unreadable(completion("no idea")))
+            .await;
+        let (long, short) = (Duration::from_secs(60), Duration::from_millis(50));
+        assert!(cache.get(&verdict, long, short).await.is_some());
+        assert!(cache.get(&failure, long, short).await.is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(cache.get(&verdict, long, short).await.is_some());
+        assert!(cache.get(&failure, long, short).await.is_none());
+        // A zero TTL reads nothing of that kind.
+        assert!(cache.get(&verdict, Duration::ZERO, long).await.is_none());
     }
 }

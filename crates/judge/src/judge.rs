@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
 use crate::JudgeError;
-use crate::cache::{Cache, CacheKey};
-use crate::client::{ChatRequest, Completion, HttpJudge};
+use crate::cache::{Answer, Cache, CacheKey};
+use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
 use crate::stack::{self, JudgeService};
 
 /// Token usage and calls of one judge since the process started.
@@ -132,12 +132,15 @@ impl Judge {
     }
 
     /// Asks the judge, from the cache when it can. `template` names the method's prompt (part of
-    /// the cache key); only answers that `accept` takes are cached.
+    /// the cache key). Answers that `accept` takes are kept for `cache_ttl`; answers it does not
+    /// take, and requests the endpoint refuses for what they contain, are kept for
+    /// `failure_cache_ttl`, so that the same judgement asked again (a redelivered job) fails the
+    /// same way without a call (see `cache.rs`).
     ///
     /// # Errors
     /// A [`ScoreError`] saying what happens next: transient for timeouts, overload, an open
-    /// circuit or server errors after retries; permanent for a refused request or a spent
-    /// session token budget.
+    /// circuit or server errors after retries; permanent for a refused request (also when
+    /// remembered) or a spent session token budget.
     pub(crate) async fn ask(
         &self,
         ctx: &ScoreContext,
@@ -146,15 +149,20 @@ impl Judge {
         accept: impl Fn(&Completion) -> bool,
     ) -> Result<Completion, ScoreError> {
         let ttl = self.config.cache_ttl;
-        let key = (!ttl.is_zero()).then(|| CacheKey::new(&self.fingerprint, template, &req));
+        let failure_ttl = self.config.failure_cache_ttl;
+        let key = (!ttl.is_zero() || !failure_ttl.is_zero())
+            .then(|| CacheKey::new(&self.fingerprint, template, &req));
         if let Some(key) = &key
-            && let Some(hit) = self.cache.get(key, ttl).await
+            && let Some(hit) = self.cache.get(key, ttl, failure_ttl).await
         {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Completion {
-                usage: Default::default(),
-                ..hit
-            });
+            return match hit {
+                Answer::Verdict(c) | Answer::Unreadable(c) => Ok(Completion {
+                    usage: Default::default(),
+                    ..c
+                }),
+                Answer::Refused { reason, message } => Err(ScoreError::permanent(reason, message)),
+            };
         }
         let budget = self.config.session_token_budget;
         if budget > 0 {
@@ -178,6 +186,16 @@ impl Judge {
                 self.failed_calls.fetch_add(1, Ordering::Relaxed);
                 let error = stack::score_error(self.name(), &e);
                 tracing::debug!(judge = self.name(), reason = %error.reason, "judge call failed");
+                if let Some(key) = &key
+                    && !failure_ttl.is_zero()
+                    && refused_for_its_content(&e)
+                {
+                    let refused = Answer::Refused {
+                        reason: error.reason.clone(),
+                        message: error.message.clone(),
+                    };
+                    self.cache.put(key, refused).await;
+                }
                 return Err(error);
             }
         };
@@ -188,11 +206,57 @@ impl Judge {
         if budget > 0 {
             self.charge(&ctx.session_id, completion.usage.total());
         }
-        if let Some(key) = &key
-            && accept(&completion)
-        {
-            self.cache.put(key, &completion).await;
+        if let Some(key) = &key {
+            if accept(&completion) {
+                if !ttl.is_zero() {
+                    self.cache
+                        .put(key, Answer::Verdict(completion.clone()))
+                        .await;
+                }
+            } else if !failure_ttl.is_zero() {
+                self.cache
+                    .put(key, Answer::Unreadable(completion.clone()))
+                    .await;
+            }
         }
         Ok(completion)
+    }
+}
+
+/// A refusal that the same request would get again, whoever sends it and whenever: the request
+/// itself is at fault (malformed, too long, unprocessable). Refusals about the endpoint or the
+/// credentials (401, 403, 404, …) are not remembered: once an operator fixes those, every
+/// judgement must be asked again at once.
+fn refused_for_its_content(e: &BoxError) -> bool {
+    matches!(
+        e.downcast_ref::<AttemptError>(),
+        Some(AttemptError::Status {
+            status: 400 | 413 | 422,
+            ..
+        })
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_of_the_request_itself_are_remembered() {
+        let status = |status: u16| -> BoxError {
+            Box::new(AttemptError::Status {
+                status,
+                retry_after: None,
+                body: String::new(),
+            })
+        };
+        for s in [400, 413, 422] {
+            assert!(refused_for_its_content(&status(s)), "{s}");
+        }
+        for s in [401, 403, 404, 429, 500, 503] {
+            assert!(!refused_for_its_content(&status(s)), "{s}");
+        }
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert!(!refused_for_its_content(&elapsed));
     }
 }

@@ -665,7 +665,9 @@ rubric = "other.md""#,
     );
     let _ = other.score(&ctx("s"), &[candidate("a", "quality:7")]).await;
     assert_eq!(fake.calls(), 3);
-    // Unreadable answers are not cached.
+    // Unreadable answers are never served as verdicts. They are kept as failures for
+    // `failure_cache_ttl`: within it the same judgement fails the same way without a call, after
+    // it the judge is asked again.
     let garbage = FakeJudge::start(FakeJudgeConfig {
         script: vec![Fault::Garbage; 2],
         ..FakeJudgeConfig::default()
@@ -674,6 +676,7 @@ rubric = "other.md""#,
     .unwrap();
     let mut config = judge_config("g", &garbage);
     config.cache_ttl = Duration::from_secs(60);
+    config.failure_cache_ttl = Duration::from_millis(300);
     let rig = self::rig(
         &[config],
         JudgeCache::Memory {
@@ -685,12 +688,21 @@ rubric = "other.md""#,
         r#"scorer = "g"
 rubric = "helpful.md""#,
     );
-    assert!(
-        scorer
-            .score(&ctx("s"), &[candidate("a", "quality:7")])
-            .await[0]
-            .is_err()
+    let first = scorer
+        .score(&ctx("s"), &[candidate("a", "quality:7")])
+        .await;
+    let e = first[0].as_ref().unwrap_err();
+    assert_eq!(
+        (e.reason.as_str(), e.retryable),
+        ("judge_parse_error", false)
     );
+    assert_eq!(garbage.calls(), 2, "the answer and its strict repair");
+    let again = scorer
+        .score(&ctx("s"), &[candidate("a", "quality:7")])
+        .await;
+    assert_eq!(first, again);
+    assert_eq!(garbage.calls(), 2, "the same failure, from the cache");
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         scorer
             .score(&ctx("s"), &[candidate("a", "quality:7")])
@@ -698,6 +710,157 @@ rubric = "helpful.md""#,
             .is_ok()
     );
     assert_eq!(garbage.calls(), 3);
+}
+
+/// One delivery of a job as a worker scores it: the rewards, and whether the job goes back to
+/// the queue (a FAILED reward whose failure may pass).
+async fn deliver(
+    scorer: Arc<dyn Scorer>,
+    group: &[Candidate],
+) -> (Vec<rewardfleet_core::Reward>, bool) {
+    let profile = Profile {
+        name: "p".into(),
+        components: vec![Component {
+            name: "judge".into(),
+            kind: ComponentKind::Judge,
+            weight: 1.0,
+            gate: None,
+            scorer,
+            fallback: None,
+        }],
+        normalize: Default::default(),
+        clip: (0.0, 1.0),
+        on_component_failure: rewardfleet_core::profile::OnComponentFailure::Fail,
+        floor: 0.0,
+    };
+    profile.score_group_detailed(&ctx("s"), group).await
+}
+
+/// A job whose candidates get a 400 and a 503 (then a verdict), delivered to `first` and
+/// redelivered to `second`: the candidate the judge refused is sent to it exactly once.
+async fn refused_once_across_a_redelivery(fake: &FakeJudge, first: &Rig, second: &Rig) {
+    let component = r#"scorer = "j"
+rubric = "helpful.md""#;
+    let group = [
+        candidate("a", "quality:3 first of the group"),
+        candidate("b", "quality:8 second of the group"),
+    ];
+    let (rewards, redeliver) = deliver(first.scorer(component), &group).await;
+    assert!(
+        redeliver,
+        "a 503 after retries sends the job back: {rewards:?}"
+    );
+    // The fake answers its calls in arrival order: find which candidate got the 400.
+    let refused = rewards
+        .iter()
+        .position(|r| r.error.contains("judge_rejected"))
+        .unwrap_or_else(|| panic!("no candidate was refused: {rewards:?}"));
+    let flaky = 1 - refused;
+    assert!(
+        rewards[flaky].error.contains("judge_unavailable"),
+        "{rewards:?}"
+    );
+    assert_eq!(fake.calls(), 2);
+
+    let (again, redeliver) = deliver(second.scorer(component), &group).await;
+    assert!(!redeliver, "{again:?}");
+    assert_eq!(
+        again[refused], rewards[refused],
+        "the same permanent failure"
+    );
+    assert_eq!(again[refused].status, RewardStatus::Failed as i32);
+    assert_eq!(again[flaky].status, RewardStatus::Ok as i32, "{again:?}");
+    assert_eq!(
+        fake.calls(),
+        3,
+        "only the candidate that failed for a passing reason"
+    );
+    let sent = |response: &str| {
+        fake.requests()
+            .iter()
+            .filter(|r| {
+                r.body["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains(response)
+            })
+            .count()
+    };
+    assert_eq!(sent(&group[refused].response), 1);
+    assert_eq!(sent(&group[flaky].response), 2);
+    assert_eq!(second.set.usage()[0].cache_hits, 1);
+}
+
+fn refusing_judge(fake: &FakeJudge) -> JudgeConfig {
+    let mut config = judge_config("j", fake);
+    config.cache_ttl = Duration::from_secs(60);
+    // No retry in the stack: the 503 fails this delivery, as retries that ran out would.
+    config.max_retries = 0;
+    config
+}
+
+fn refusing_fake() -> FakeJudgeConfig {
+    FakeJudgeConfig {
+        script: vec![Fault::BadRequest, Fault::Unavailable { retry_after: None }],
+        ..FakeJudgeConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_job_does_not_send_the_judge_what_it_refused() {
+    let fake = FakeJudge::start(refusing_fake()).await.unwrap();
+    let worker = rig(
+        &[refusing_judge(&fake)],
+        JudgeCache::Memory {
+            capacity: 100,
+            ttl: Duration::from_secs(60),
+        },
+    );
+    refused_once_across_a_redelivery(&fake, &worker, &worker).await;
+}
+
+#[tokio::test]
+async fn a_job_redelivered_to_another_worker_does_not_send_the_judge_what_it_refused() {
+    let nats = rewardfleet_testkit::NatsServer::start().await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let fake = FakeJudge::start(refusing_fake()).await.unwrap();
+    let config = refusing_judge(&fake);
+    let cache = || JudgeCache::kv(&js, "RF_JUDGE_CACHE", Duration::from_secs(3600));
+    let worker_a = rig(std::slice::from_ref(&config), cache().await.unwrap());
+    let worker_b = rig(std::slice::from_ref(&config), cache().await.unwrap());
+    refused_once_across_a_redelivery(&fake, &worker_a, &worker_b).await;
+    drop(nats);
+}
+
+#[tokio::test]
+async fn without_a_failure_cache_ttl_a_refused_request_is_sent_again() {
+    let fake = FakeJudge::start(FakeJudgeConfig {
+        fault_rate: 1.0,
+        random_fault: Fault::BadRequest,
+        ..FakeJudgeConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut config = refusing_judge(&fake);
+    config.failure_cache_ttl = Duration::ZERO;
+    let worker = rig(
+        &[config],
+        JudgeCache::Memory {
+            capacity: 100,
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let scorer = worker.scorer(
+        r#"scorer = "j"
+rubric = "helpful.md""#,
+    );
+    for _ in 0..2 {
+        let out = scorer
+            .score(&ctx("s"), &[candidate("a", "quality:3")])
+            .await;
+        assert_eq!(out[0].as_ref().unwrap_err().reason, "judge_rejected");
+    }
+    assert_eq!(fake.calls(), 2);
 }
 
 #[tokio::test]

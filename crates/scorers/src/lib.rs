@@ -28,15 +28,13 @@ pub trait ScorerSource {
         base_dir: &Path,
     ) -> Option<Result<Arc<dyn Scorer>, Vec<ConfigProblem>>>;
 
-    /// The scorer named as a fallback.
-    fn fallback(&self, name: &str) -> Option<Arc<dyn Scorer>>;
-
     /// The kind of the scorers this source gives.
     fn kind(&self) -> ComponentKind;
 }
 
 /// Builds a pipeline for every profile of `config`, taking model and judge scorers from
-/// `sources`.
+/// `sources`. Workers and [`check`] both build through here, so a configuration that `check`
+/// accepts is one a worker can run.
 ///
 /// # Errors
 /// [`BuildError::Config`] with every problem found (key paths from the file's root).
@@ -61,43 +59,101 @@ pub fn build_pipeline(
     }
 }
 
+/// The scorer of one component (a rule, or a model or judge from `sources`); problems carry key
+/// paths relative to the component.
+fn build_component(
+    c: &ComponentConfig,
+    config: &Config,
+    sources: &[&dyn ScorerSource],
+) -> Result<(Arc<dyn Scorer>, ComponentKind), Vec<ConfigProblem>> {
+    if c.rule.is_some() {
+        return rewardfleet_rules::build(c, &config.base_dir).map(|s| (s, ComponentKind::Rule));
+    }
+    match sources
+        .iter()
+        .find_map(|src| src.component(c, &config.base_dir).map(|r| (r, src.kind())))
+    {
+        Some((Ok(s), kind)) => Ok((s, kind)),
+        Some((Err(p), _)) => Err(p),
+        None => Err(vec![ConfigProblem::new(
+            "scorer",
+            format!(
+                "{:?} is not a model or judge this process can run",
+                c.scorer.clone().unwrap_or_default()
+            ),
+        )]),
+    }
+}
+
+/// Problems of a component's fallback, with key paths from the file's root (`path` is the
+/// component's). A fallback written as a table has keys of its own (`….fallback.method`); one
+/// written as a name has only `….fallback`, and says which inherited parameter is wrong.
+fn fallback_problems(
+    c: &ComponentConfig,
+    path: &str,
+    config: &Config,
+    problems: Vec<ConfigProblem>,
+) -> impl Iterator<Item = ConfigProblem> {
+    let table = c.fallback_is_table();
+    let name = c.fallback.clone().unwrap_or_default();
+    let primary_is_judge = c
+        .scorer
+        .as_deref()
+        .is_some_and(|s| config.judge.iter().any(|j| j.name == s));
+    let path = format!("{path}.fallback");
+    problems.into_iter().map(move |p| {
+        if table {
+            return prefixed(&path, p);
+        }
+        if p.path.is_empty() || p.path == "scorer" {
+            return ConfigProblem::new(path.clone(), p.message);
+        }
+        let origin = if primary_is_judge {
+            "a parameter it inherits from this component".to_owned()
+        } else {
+            format!(
+                "a fallback given by name inherits parameters only from a judge component; \
+                 give its own: fallback = {{ scorer = {name:?}, method = \"…\", rubric = \"…\" }}"
+            )
+        };
+        ConfigProblem::new(
+            path.clone(),
+            format!("{name:?}: {}: {} ({origin})", p.path, p.message),
+        )
+    })
+}
+
+/// `p` with its key path placed under `path`.
+fn prefixed(path: &str, p: ConfigProblem) -> ConfigProblem {
+    ConfigProblem::new(
+        if p.path.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}.{}", p.path)
+        },
+        p.message,
+    )
+}
+
 fn build_profile(
     name: &str,
     profile: &ProfileConfig,
     config: &Config,
     sources: &[&dyn ScorerSource],
 ) -> Result<Profile, Vec<ConfigProblem>> {
+    let is_judge = |n: &str| config.judge.iter().any(|j| j.name == n);
     let mut problems = Vec::new();
     let mut components = Vec::new();
     for (i, c) in profile.components.iter().enumerate() {
         let path = format!("profile.{name}.components[{i}]");
-        let built = if c.rule.is_some() {
-            rewardfleet_rules::build(c, &config.base_dir).map(|s| (s, ComponentKind::Rule))
-        } else {
-            match sources
-                .iter()
-                .find_map(|src| src.component(c, &config.base_dir).map(|r| (r, src.kind())))
-            {
-                Some((Ok(s), kind)) => Ok((s, kind)),
-                Some((Err(p), _)) => Err(p),
-                None => Err(vec![ConfigProblem::new(
-                    "scorer",
-                    format!(
-                        "{:?} is not a model or judge this process can run",
-                        c.scorer.clone().unwrap_or_default()
-                    ),
-                )]),
-            }
-        };
-        let fallback = match &c.fallback {
+        let built = build_component(c, config, sources);
+        // The fallback is built like any component, with the parameters its form gives it.
+        let fallback = match c.fallback_component(is_judge) {
             None => None,
-            Some(f) => match sources.iter().find_map(|src| src.fallback(f)) {
-                Some(s) => Some((f.clone(), s)),
-                None => {
-                    problems.push(ConfigProblem::new(
-                        format!("{path}.fallback"),
-                        format!("{f:?} is not a model or judge this process can run"),
-                    ));
+            Some(f) => match build_component(&f, config, sources) {
+                Ok((scorer, _)) => Some((f.scorer.unwrap_or_default(), scorer)),
+                Err(ps) => {
+                    problems.extend(fallback_problems(c, &path, config, ps));
                     None
                 }
             },
@@ -111,16 +167,7 @@ fn build_profile(
                 scorer,
                 fallback,
             }),
-            Err(ps) => problems.extend(ps.into_iter().map(|p| {
-                ConfigProblem::new(
-                    if p.path.is_empty() {
-                        path.clone()
-                    } else {
-                        format!("{path}.{}", p.path)
-                    },
-                    p.message,
-                )
-            })),
+            Err(ps) => problems.extend(ps.into_iter().map(|p| prefixed(&path, p))),
         }
     }
     if !problems.is_empty() {
@@ -140,54 +187,77 @@ fn build_profile(
 }
 
 /// Every problem of the configuration's components that only the scorers can see (rule
-/// parameters, judge methods), without loading models or calling judges. Call it inside a Tokio
-/// runtime.
+/// parameters, judge methods, fallbacks), without loading models or calling judges: the profiles
+/// are built by [`build_pipeline`], as a worker builds them, with the declared models standing
+/// in for loaded ones. Call it inside a Tokio runtime.
 pub fn check(config: &Config) -> Vec<ConfigProblem> {
-    let mut problems = Vec::new();
     let judges = match JudgeSet::new(&config.judge, HashMap::new(), JudgeCache::None) {
-        Ok(j) => Some(j),
-        Err(e) => {
-            problems.push(ConfigProblem::new("judge", e.to_string()));
-            None
-        }
+        Ok(j) => j,
+        Err(e) => return vec![ConfigProblem::new("judge", e.to_string())],
     };
-    let judge_names: Vec<&str> = config.judge.iter().map(|j| j.name.as_str()).collect();
-    for (name, profile) in &config.profile {
-        for (i, c) in profile.components.iter().enumerate() {
-            let outcome = match (&c.rule, &c.scorer, &judges) {
-                (Some(_), _, _) => rewardfleet_rules::build(c, &config.base_dir).map(|_| ()),
-                (None, Some(s), Some(judges)) if judge_names.contains(&s.as_str()) => {
-                    judges.component(c, &config.base_dir).map(|_| ())
-                }
-                (None, Some(s), _) if !judge_names.contains(&s.as_str()) => {
-                    match c.params.keys().next() {
-                        Some(key) => Err(vec![ConfigProblem::new(
-                            key.clone(),
-                            format!(
-                                "unknown parameter for model component {s:?}; a model takes none"
-                            ),
-                        )]),
-                        None => Ok(()),
-                    }
-                }
-                _ => Ok(()),
-            };
-            if let Err(ps) = outcome {
-                let path = format!("profile.{name}.components[{i}]");
-                problems.extend(ps.into_iter().map(|p| {
-                    ConfigProblem::new(
-                        if p.path.is_empty() {
-                            path.clone()
-                        } else {
-                            format!("{path}.{}", p.path)
-                        },
-                        p.message,
-                    )
-                }));
-            }
-        }
+    let models = DeclaredModels {
+        names: config.model.iter().map(|m| m.name.clone()).collect(),
+    };
+    match build_pipeline(config, &[&models, &judges]) {
+        Ok(_) => Vec::new(),
+        Err(BuildError::Config(problems)) => problems,
     }
-    problems
+}
+
+/// The parameters a model component may have: none.
+fn model_params(component: &ComponentConfig, name: &str) -> Result<(), Vec<ConfigProblem>> {
+    match component.params.keys().next() {
+        Some(key) => Err(vec![ConfigProblem::new(
+            key.clone(),
+            format!("unknown parameter for model component {name:?}; a model takes none"),
+        )]),
+        None => Ok(()),
+    }
+}
+
+/// The `[[model]]`s of a configuration, not loaded: [`check`] builds profiles with them to see
+/// every problem a worker would, without reading weights or touching a GPU.
+struct DeclaredModels {
+    names: Vec<String>,
+}
+
+/// A declared model's place in a pipeline that [`check`] builds and never runs.
+struct NotLoaded(String);
+
+#[async_trait::async_trait]
+impl Scorer for NotLoaded {
+    async fn score(
+        &self,
+        _ctx: &rewardfleet_core::ScoreContext,
+        group: &[rewardfleet_core::Candidate],
+    ) -> Vec<rewardfleet_core::scorer::Outcome> {
+        let e = rewardfleet_core::ScoreError::permanent(
+            "model_not_loaded",
+            format!(
+                "model {:?} was only checked, not loaded (rewardfleet check)",
+                self.0
+            ),
+        );
+        group.iter().map(|_| Err(e.clone())).collect()
+    }
+}
+
+impl ScorerSource for DeclaredModels {
+    fn component(
+        &self,
+        component: &ComponentConfig,
+        _base_dir: &Path,
+    ) -> Option<Result<Arc<dyn Scorer>, Vec<ConfigProblem>>> {
+        let name = component.scorer.as_deref()?;
+        if !self.names.iter().any(|n| n == name) {
+            return None;
+        }
+        Some(model_params(component, name).map(|()| Arc::new(NotLoaded(name.to_owned())) as _))
+    }
+
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Model
+    }
 }
 
 /// Remote judges as a source of scorers.
@@ -202,21 +272,6 @@ impl ScorerSource for rewardfleet_judge::JudgeSet {
             return None;
         }
         Some(JudgeSet::component(self, component, base_dir))
-    }
-
-    fn fallback(&self, name: &str) -> Option<Arc<dyn Scorer>> {
-        // A judge as a fallback grades with its default method (a rubric-free pointwise score).
-        let component = ComponentConfig {
-            name: None,
-            scorer: Some(name.to_owned()),
-            rule: None,
-            weight: None,
-            gate: false,
-            gate_threshold: 1.0,
-            fallback: None,
-            params: toml::Table::new(),
-        };
-        JudgeSet::component(self, &component, Path::new("")).ok()
     }
 
     fn kind(&self) -> ComponentKind {
@@ -234,17 +289,7 @@ impl ScorerSource for rewardfleet_torch::ModelSet {
     ) -> Option<Result<Arc<dyn Scorer>, Vec<ConfigProblem>>> {
         let name = component.scorer.as_deref()?;
         let scorer = self.scorer(name)?;
-        if let Some(key) = component.params.keys().next() {
-            return Some(Err(vec![ConfigProblem::new(
-                key.clone(),
-                format!("unknown parameter for model component {name:?}; a model takes none"),
-            )]));
-        }
-        Some(Ok(scorer))
-    }
-
-    fn fallback(&self, name: &str) -> Option<Arc<dyn Scorer>> {
-        self.scorer(name)
+        Some(model_params(component, name).map(|()| scorer))
     }
 
     fn kind(&self) -> ComponentKind {
@@ -312,5 +357,85 @@ components = [
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         assert_eq!(problems.len(), 3, "{text}");
+    }
+
+    const JUDGES: &str = r#"
+[[judge]]
+name = "primary"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+
+[[judge]]
+name = "backup"
+base_url = "http://127.0.0.1:2/v1"
+model = "m"
+"#;
+
+    fn judge_config(dir: &Path, profiles: &str) -> Config {
+        std::fs::write(dir.join("r.md"), "Grade it.").expect("writes the rubric");
+        let mut c = Config::from_toml(&format!("{JUDGES}\n{profiles}")).expect("valid config");
+        c.base_dir = dir.to_owned();
+        c
+    }
+
+    #[tokio::test]
+    async fn a_judge_fallback_builds_with_the_parameters_its_form_gives_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let c = judge_config(
+            dir.path(),
+            r#"
+[profile.p]
+components = [
+  { scorer = "primary", rubric = "r.md", fallback = "backup" },
+  { scorer = "primary", rubric = "r.md", fallback = { scorer = "backup", method = "pairwise" }, name = "own" },
+  { rule = "exact_match", fallback = { scorer = "backup", rubric = "r.md" } },
+]
+"#,
+        );
+        assert_eq!(check(&c), Vec::<ConfigProblem>::new());
+        let judges =
+            JudgeSet::new(&c.judge, HashMap::new(), JudgeCache::None).expect("judges build");
+        let pipeline = build_pipeline(&c, &[&judges]).expect("builds");
+        let fallbacks: Vec<Option<&str>> = pipeline.profiles()["p"]
+            .components
+            .iter()
+            .map(|c| c.fallback.as_ref().map(|(n, _)| n.as_str()))
+            .collect();
+        assert_eq!(fallbacks, [Some("backup"); 3]);
+    }
+
+    #[tokio::test]
+    async fn check_rejects_a_fallback_a_worker_could_not_build() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let c = judge_config(
+            dir.path(),
+            r#"
+[profile.p]
+components = [
+  { rule = "exact_match", fallback = "backup" },
+  { scorer = "primary", rubric = "r.md", fallback = { scorer = "backup", method = "vibes" } },
+  { scorer = "primary", rubric = "r.md", fallback = { scorer = "backup" }, name = "bare" },
+]
+"#,
+        );
+        let problems = check(&c);
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for want in [
+            "profile.p.components[0].fallback: \"backup\": rubric: ",
+            "inherits parameters only from a judge component",
+            "profile.p.components[1].fallback.method: unknown method \"vibes\"",
+            "profile.p.components[2].fallback.rubric: ",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(problems.len(), 3, "{text}");
+        // A worker refuses the same configuration, with the same words.
+        let judges =
+            JudgeSet::new(&c.judge, HashMap::new(), JudgeCache::None).expect("judges build");
+        let Err(BuildError::Config(built)) = build_pipeline(&c, &[&judges]) else {
+            panic!("a worker built a fallback that check rejects");
+        };
+        assert_eq!(built, problems);
     }
 }

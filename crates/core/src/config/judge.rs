@@ -74,6 +74,12 @@ pub struct JudgeConfig {
     /// How long a verdict stays in the cache; 0 disables caching for this judge.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// How long a permanent failure stays in the cache: a request the endpoint refused as
+    /// malformed (HTTP 400, 413, 422) or an answer the method could not read. Within it, the same
+    /// judgement (a redelivered job, another worker) fails again without a call. Keep it above the
+    /// redelivery horizon (`worker.ack_wait × worker.max_deliver`); 0: failures are not kept.
+    #[serde(with = "humantime_serde")]
+    pub failure_cache_ttl: Duration,
 }
 
 impl std::fmt::Debug for JudgeConfig {
@@ -115,6 +121,7 @@ impl std::fmt::Debug for JudgeConfig {
             .field("circuit_breaker_open_for", &self.circuit_breaker_open_for)
             .field("session_token_budget", &self.session_token_budget)
             .field("cache_ttl", &self.cache_ttl)
+            .field("failure_cache_ttl", &self.failure_cache_ttl)
             .finish()
     }
 }
@@ -173,6 +180,7 @@ impl Default for JudgeConfig {
             circuit_breaker_open_for: Duration::from_secs(10),
             session_token_budget: 0,
             cache_ttl: Duration::from_secs(24 * 3600),
+            failure_cache_ttl: Duration::from_secs(600),
         }
     }
 }

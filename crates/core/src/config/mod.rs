@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use judge::{JudgeConfig, SamplingConfig};
 pub use model::{ModelConfig, ModelKind, Pooling, TruncationSide};
-pub use profile::{ComponentConfig, NormalizeKind, OnFailure, ProfileConfig};
+pub use profile::{ComponentConfig, NormalizeKind, OnFailure, PANEL_PARAMS, ProfileConfig};
 
 use crate::input::Limits;
 use crate::job::JobBounds;

@@ -28,31 +28,139 @@ pub struct ProfileConfig {
 
 /// One component of a profile: a model or judge by name, or a rule with its parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "ComponentFile", into = "ComponentFile")]
 pub struct ComponentConfig {
     /// The key of this component in `Reward.components`; defaults to the scorer's or rule's name.
-    #[serde(default)]
     pub name: Option<String>,
     /// A `[[model]]` or `[[judge]]` by name.
-    #[serde(default)]
     pub scorer: Option<String>,
     /// A rule by kind (`exact_match`, `regex`, `max_chars`, `json_valid`, `phrases`, `math_answer` …).
-    #[serde(default)]
     pub rule: Option<String>,
     /// Weight in the combination; defaults to 1.0, and to 0.0 for a gate.
-    #[serde(default)]
     pub weight: Option<f64>,
     /// A gate: a value below `gate_threshold` sets the reward to the profile's floor.
-    #[serde(default)]
     pub gate: bool,
     /// The value a gate needs to pass (1.0: a rule's pass).
-    #[serde(default = "default_gate_threshold")]
     pub gate_threshold: f64,
-    /// A model or judge used when this component fails; the reward is then DEGRADED.
-    #[serde(default)]
+    /// A model or judge used where this component fails; the reward is then DEGRADED. Written
+    /// `fallback = "NAME"` or `fallback = { scorer = "NAME", … }`; see
+    /// [`ComponentConfig::fallback_component`] for the parameters each form gives it.
     pub fallback: Option<String>,
+    /// The fallback's own parameters when it is written as a table (`None` for the name form,
+    /// `Some` — possibly empty — for the table form).
+    pub fallback_params: Option<toml::Table>,
     /// Everything else: the rule's or the judge method's own parameters, checked by that scorer.
-    #[serde(flatten)]
     pub params: toml::Table,
+}
+
+/// Judge parameters that make a component a panel; a fallback given by name is one judge and
+/// does not inherit them.
+pub const PANEL_PARAMS: &[&str] = &["panel", "aggregate", "disagreement_threshold"];
+
+/// A component as written in the file (`fallback` as a name or a table).
+#[derive(Serialize, Deserialize)]
+struct ComponentFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scorer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weight: Option<f64>,
+    #[serde(default)]
+    gate: bool,
+    #[serde(default = "default_gate_threshold")]
+    gate_threshold: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback: Option<FallbackFile>,
+    #[serde(flatten)]
+    params: toml::Table,
+}
+
+/// `fallback = "NAME"` or `fallback = { scorer = "NAME", … }`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FallbackFile {
+    Name(String),
+    Table(FallbackTable),
+}
+
+#[derive(Serialize, Deserialize)]
+struct FallbackTable {
+    /// The fallback model or judge.
+    scorer: String,
+    /// Its own parameters (a judge's method, rubric, …).
+    #[serde(flatten)]
+    params: toml::Table,
+}
+
+impl<'de> Deserialize<'de> for FallbackFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FallbackFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a model or judge name, or a table such as { scorer = \"backup\", rubric = \"rubrics/x.md\" }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FallbackFile, E> {
+                Ok(FallbackFile::Name(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FallbackFile, A::Error> {
+                FallbackTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FallbackFile::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl From<ComponentFile> for ComponentConfig {
+    fn from(f: ComponentFile) -> Self {
+        let (fallback, fallback_params) = match f.fallback {
+            None => (None, None),
+            Some(FallbackFile::Name(name)) => (Some(name), None),
+            Some(FallbackFile::Table(t)) => (Some(t.scorer), Some(t.params)),
+        };
+        Self {
+            name: f.name,
+            scorer: f.scorer,
+            rule: f.rule,
+            weight: f.weight,
+            gate: f.gate,
+            gate_threshold: f.gate_threshold,
+            fallback,
+            fallback_params,
+            params: f.params,
+        }
+    }
+}
+
+impl From<ComponentConfig> for ComponentFile {
+    fn from(c: ComponentConfig) -> Self {
+        let fallback = c.fallback.map(|scorer| match c.fallback_params {
+            None => FallbackFile::Name(scorer),
+            Some(params) => FallbackFile::Table(FallbackTable { scorer, params }),
+        });
+        Self {
+            name: c.name,
+            scorer: c.scorer,
+            rule: c.rule,
+            weight: c.weight,
+            gate: c.gate,
+            gate_threshold: c.gate_threshold,
+            fallback,
+            params: c.params,
+        }
+    }
 }
 
 fn default_gate_threshold() -> f64 {
@@ -60,6 +168,21 @@ fn default_gate_threshold() -> f64 {
 }
 
 impl ComponentConfig {
+    /// A component that names `scorer` with these parameters (weight 1, no gate, no fallback).
+    pub fn scorer(scorer: impl Into<String>, params: toml::Table) -> Self {
+        Self {
+            name: None,
+            scorer: Some(scorer.into()),
+            rule: None,
+            weight: None,
+            gate: false,
+            gate_threshold: default_gate_threshold(),
+            fallback: None,
+            fallback_params: None,
+            params,
+        }
+    }
+
     /// The component's key in `Reward.components`.
     pub fn display_name(&self) -> String {
         self.name
@@ -72,6 +195,38 @@ impl ComponentConfig {
     /// The weight in the combination (0.0 for a gate unless set).
     pub fn effective_weight(&self) -> f64 {
         self.weight.unwrap_or(if self.gate { 0.0 } else { 1.0 })
+    }
+
+    /// Whether the fallback is written as a table (`fallback = { scorer = …, … }`).
+    pub fn fallback_is_table(&self) -> bool {
+        self.fallback.is_some() && self.fallback_params.is_some()
+    }
+
+    /// The fallback as a component of its own: what workers and `rewardfleet check` build (both
+    /// through the same code), `None` without a fallback. `is_judge` says which names are
+    /// `[[judge]]`s.
+    ///
+    /// - `fallback = { scorer = "backup", method = "rubric", rubric = "…" }`: the table's own
+    ///   parameters, nothing inherited.
+    /// - `fallback = "backup"` where both this component's scorer and `backup` are judges: the
+    ///   same judgement asked of another judge, so `backup` inherits this component's judge
+    ///   parameters (`method`, `rubric`, `score_range`, …) except the panel ones
+    ///   ([`PANEL_PARAMS`]): a fallback given by name is one judge.
+    /// - `fallback = "backup"` otherwise (a model, or a judge behind a rule or a model): no
+    ///   parameters. A judge then needs the table form to get its method's parameters.
+    pub fn fallback_component(&self, is_judge: impl Fn(&str) -> bool) -> Option<ComponentConfig> {
+        let name = self.fallback.as_deref()?;
+        let params = match &self.fallback_params {
+            Some(own) => own.clone(),
+            None if is_judge(name) && self.scorer.as_deref().is_some_and(&is_judge) => self
+                .params
+                .iter()
+                .filter(|(k, _)| !PANEL_PARAMS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => toml::Table::new(),
+        };
+        Some(Self::scorer(name, params))
     }
 }
 
@@ -159,8 +314,13 @@ impl ProfileConfig {
             if let Some(f) = &c.fallback
                 && !known.contains(&f.as_str())
             {
+                let key = if c.fallback_is_table() {
+                    format!("{cpath}.fallback.scorer")
+                } else {
+                    format!("{cpath}.fallback")
+                };
                 p.push(ConfigProblem::new(
-                    format!("{cpath}.fallback"),
+                    key,
                     format!("unknown scorer {f:?}; known: {}", list(&known)),
                 ));
             }

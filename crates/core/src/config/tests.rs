@@ -98,3 +98,84 @@ components = [{ scorer = "j" }]
     let debug = format!("{:?}", c.judge[0]);
     assert!(!debug.contains("hunter2"), "{debug}");
 }
+
+#[test]
+fn a_fallback_is_a_name_that_inherits_or_a_table_with_its_own_parameters() {
+    let text = r#"
+[[judge]]
+name = "primary"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+
+[[judge]]
+name = "backup"
+base_url = "http://127.0.0.1:2/v1"
+model = "m"
+
+[profile.p]
+components = [
+  { scorer = "primary", rubric = "r.md", score_range = [0, 5], panel = ["backup"], aggregate = "min", fallback = "backup" },
+  { scorer = "primary", rubric = "r.md", fallback = { scorer = "backup", method = "reference" }, name = "own" },
+  { rule = "exact_match", fallback = "backup" },
+]
+"#;
+    let c = Config::from_toml(text).unwrap();
+    let is_judge = |n: &str| c.judge.iter().any(|j| j.name == n);
+    let components = &c.profile["p"].components;
+
+    // By name, behind a judge: the same judgement (panel keys aside), asked of `backup`.
+    let inherited = components[0].fallback_component(is_judge).unwrap();
+    assert_eq!(inherited.scorer.as_deref(), Some("backup"));
+    let mut keys: Vec<&str> = inherited.params.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["rubric", "score_range"]);
+    assert!(inherited.fallback.is_none());
+
+    // As a table: its own parameters only.
+    assert!(components[1].fallback_is_table());
+    let own = components[1].fallback_component(is_judge).unwrap();
+    assert_eq!(own.scorer.as_deref(), Some("backup"));
+    assert_eq!(
+        own.params.keys().collect::<Vec<_>>(),
+        [&"method".to_owned()]
+    );
+
+    // By name, behind a rule: nothing to inherit.
+    let bare = components[2].fallback_component(is_judge).unwrap();
+    assert!(bare.params.is_empty());
+    assert!(
+        components[0].params.contains_key("panel"),
+        "the primary keeps its own"
+    );
+
+    // Both forms survive a round trip through TOML.
+    let again: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    let again = &again.profile["p"].components;
+    assert!(!again[0].fallback_is_table() && again[1].fallback_is_table());
+    assert_eq!(again[1].fallback_params, components[1].fallback_params);
+}
+
+#[test]
+fn an_unknown_fallback_is_reported_where_it_is_written() {
+    let text = r#"
+[profile.p]
+components = [
+  { rule = "exact_match", fallback = "nobody" },
+  { rule = "exact_match", fallback = { scorer = "nobody" }, name = "second" },
+]
+"#;
+    let problems = Config::parse(text).unwrap().problems();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"profile.p.components[0].fallback"),
+        "{problems:?}"
+    );
+    assert!(
+        paths.contains(&"profile.p.components[1].fallback.scorer"),
+        "{problems:?}"
+    );
+    let err = Config::parse("[profile.p]\ncomponents = [{ rule = \"x\", fallback = 3 }]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a model or judge name, or a table"), "{err}");
+}
