@@ -89,7 +89,6 @@ fn job(session: &str, n: usize) -> Job {
             response: format!("response {n}"),
             ..Default::default()
         }],
-        ..Default::default()
     }
 }
 

@@ -47,7 +47,6 @@ fn job(name: &str, candidates: usize) -> Job {
                 ..Default::default()
             })
             .collect(),
-        ..Default::default()
     }
 }
 
