@@ -30,9 +30,7 @@ use rewardfleet_core::Candidate;
 use rewardfleet_core::config::{ModelConfig, ModelKind, TruncationSide};
 use rewardfleet_proto::v1::reward::Status;
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
-use rewardfleet_proto::v1::{
-    Batch, Close, ScoreRequest, SessionOpen, score_request, score_response,
-};
+use rewardfleet_proto::v1::score_response;
 use rewardfleet_testkit::{NatsServer, free_port, test_models};
 use rewardfleet_torch::bench::{self, BenchRow, Throughput, Traffic};
 
@@ -196,34 +194,22 @@ async fn session(
     window: u32,
     tag: &str,
 ) -> anyhow::Result<Throughput> {
-    let mut requests = vec![ScoreRequest {
-        kind: Some(score_request::Kind::Open(SessionOpen {
-            session_id: String::new(),
-            profile: "rm".into(),
-            max_in_flight: window,
-        })),
-    }];
-    let mut count = 0;
-    for (g, group) in groups.iter().enumerate() {
-        let candidates = group
-            .iter()
-            .map(|c| Candidate {
-                id: format!("{tag}-{}", c.id),
-                group_id: format!("{tag}-{g}"),
-                ..c.clone()
-            })
-            .collect::<Vec<_>>();
-        count += candidates.len();
-        requests.push(ScoreRequest {
-            kind: Some(score_request::Kind::Batch(Batch {
-                candidates,
-                profile: String::new(),
-            })),
-        });
-    }
-    requests.push(ScoreRequest {
-        kind: Some(score_request::Kind::Close(Close {})),
-    });
+    let batches: Vec<Vec<Candidate>> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            group
+                .iter()
+                .map(|c| Candidate {
+                    id: format!("{tag}-{}", c.id),
+                    group_id: format!("{tag}-{g}"),
+                    ..c.clone()
+                })
+                .collect()
+        })
+        .collect();
+    let count = batches.iter().map(Vec::len).sum::<usize>();
+    let requests = rewardfleet_client::session_requests("", "rm", window, batches);
     let start = Instant::now();
     let mut responses = client
         .score(futures::stream::iter(requests))
@@ -262,10 +248,7 @@ async fn through_fleet(model: &ModelConfig, shapes: &[Traffic]) -> anyhow::Resul
     std::fs::write(&config, fleet_config(&nats.url(), &listen, model))?;
     let _worker = Process::start("worker", &config, "pulling from pool")?;
     let _gateway = Process::start("gateway", &config, "listening on")?;
-    let mut client = RewardServiceClient::connect(format!("http://{listen}"))
-        .await?
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+    let mut client = rewardfleet_client::connect(&format!("http://{listen}")).await?;
     let mut out = Vec::new();
     for (i, traffic) in shapes.iter().enumerate() {
         let window = u32::try_from(traffic.candidates_in_flight())?;

@@ -1,7 +1,5 @@
 //! The rewardfleet binary: `score`, `gateway`, `worker`, `check`.
 
-mod client;
-mod fleet;
 mod jsonl;
 mod summary;
 
@@ -13,8 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rewardfleet_core::config::{Config, ConfigError};
-use rewardfleet_gateway::Gateway;
-use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
+use rewardfleet_fleet::{Embedded, GatewayProcess, Secrets, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 
 /// A distributed fleet of workers that scores candidate responses for reinforcement learning.
@@ -127,7 +124,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let problems = fleet::check(&config);
+    let problems = rewardfleet_scorers::check(&config);
     if problems.is_empty() {
         let mode = if config.is_embedded() {
             "embedded"
@@ -179,16 +176,30 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let total = candidates.len();
-    let mut judges = None;
 
-    let mut transport = match &args.gateway {
-        Some(url) => client::Transport::Remote(
-            RewardServiceClient::connect(url.clone())
-                .await
-                .with_context(|| format!("cannot reach the gateway at {url}"))?
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
-        ),
+    let session = rewardfleet_client::Session::new(format!("cli-{:016x}", rand::random::<u64>()))
+        .profile(args.profile.clone().unwrap_or_default())
+        .window(args.window)
+        .batches(rewardfleet_client::batches(candidates, args.batch_size));
+    let mut embedded = None;
+    let progress = indicatif::ProgressBar::new(total as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let on_reward = |reward: rewardfleet_core::Reward| {
+        if let Some(&i) = position.get(&reward.candidate_id) {
+            outputs[i] = Some(jsonl::output(&reward));
+        }
+        progress.inc(1);
+    };
+    let ran = match &args.gateway {
+        Some(url) => {
+            let mut client = rewardfleet_client::connect(url).await?;
+            session.run(&mut client, on_reward).await
+        }
         None => {
             let path = args
                 .config
@@ -201,33 +212,13 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
             }
             let mut config = load_config(&path)?;
             config.nats = None;
-            let embedded = fleet::Embedded::start(&config).await?;
-            judges = embedded.judges.clone();
-            client::Transport::Embedded(embedded.gateway.clone())
+            let started = Embedded::start(&config, &secrets(&config)?).await?;
+            let ran = session.run(&mut started.transport(), on_reward).await;
+            embedded = Some(started);
+            ran
         }
     };
-
-    let submission = client::Submission {
-        session_id: format!("cli-{:016x}", rand::random::<u64>()),
-        profile: args.profile.clone().unwrap_or_default(),
-        window: args.window,
-        batches: client::batches(candidates, args.batch_size.max(1)),
-    };
-    let progress = indicatif::ProgressBar::new(total as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    client::run(&mut transport, &submission, |reward| {
-        if let Some(&i) = position.get(&reward.candidate_id) {
-            outputs[i] = Some(jsonl::output(&reward));
-        }
-        progress.inc(1);
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+    ran?;
     progress.finish_and_clear();
 
     // Every candidate must have its reward: one without is written as FAILED and fails the run.
@@ -256,10 +247,13 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     }
     sink.flush()?;
     summary.finish(started.elapsed());
-    if let Some(judges) = &judges {
+    if let Some(judges) = embedded.as_ref().and_then(|e| e.judges.as_ref()) {
         summary.judges(judges.usage());
     }
     eprint!("{summary}");
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
+    }
     if !missing.is_empty() {
         let mut named = missing.clone();
         named.sort();
@@ -285,28 +279,10 @@ async fn gateway(path: &Path) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    let (gateway, embedded) = if config.is_embedded() {
-        let embedded = fleet::Embedded::start(&config).await?;
-        (embedded.gateway.clone(), Some(embedded))
-    } else {
-        let queue = fleet::connect(&config, "gateway").await?;
-        // Jobs whose workers all crashed get FAILED results (every gateway may run this).
-        tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
-        (Gateway::new(&config, std::sync::Arc::new(queue)), None)
-    };
-    tracing::info!(%addr, embedded = embedded.is_some(), "gateway listening");
+    let process = GatewayProcess::build(&config, &secrets(&config)?, &shutdown).await?;
+    tracing::info!(%addr, embedded = config.is_embedded(), "gateway listening");
     println!("rewardfleet gateway listening on {addr}");
-    rewardfleet_gateway::serve(
-        gateway,
-        listener,
-        shutdown.clone(),
-        config.gateway.drain_timeout,
-    )
-    .await
-    .context("gateway transport failed")?;
-    if let Some(embedded) = embedded {
-        embedded.stop().await;
-    }
+    process.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,36 +295,58 @@ async fn worker(path: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     let shutdown = shutdown_signal();
-    let stats = std::sync::Arc::new(rewardfleet_worker::WorkerStats::default());
-    if let Some(addr) = &config.worker.health_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("worker.health_listen: cannot listen on {addr}"))?;
-        tokio::spawn(rewardfleet_worker::serve_health(
-            listener,
-            std::sync::Arc::clone(&stats),
-            shutdown.child_token(),
-        ));
-    }
-    // Not ready until the queue is reachable and the models are loaded and warm.
-    let queue = fleet::connect(&config, "worker").await?;
-    let scorers = fleet::scorers(&config, Some(queue.client())).await?;
-    let queue = std::sync::Arc::new(queue);
+    let health = match &config.worker.health_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("worker.health_listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let name =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
-    let worker = rewardfleet_worker::Worker::with_stats(
-        queue,
-        scorers.pipeline,
-        config.worker.clone(),
+    let stats = std::sync::Arc::new(rewardfleet_worker::WorkerStats::default());
+    let ready = {
+        let stats = std::sync::Arc::clone(&stats);
+        let pool = config.worker.pool.clone();
+        tokio::spawn(async move {
+            // Pulling once the queue is reachable and the models are loaded and warm.
+            while !stats.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            println!("rewardfleet worker pulling from pool {pool:?}");
+        })
+    };
+    let options = WorkerOptions {
         name,
+        health,
         stats,
-    );
-    println!(
-        "rewardfleet worker pulling from pool {:?}",
-        config.worker.pool
-    );
-    worker.run(shutdown).await?;
+    };
+    let ran = rewardfleet_fleet::run_worker(&config, options, shutdown, &secrets(&config)?).await;
+    ready.abort();
+    ran?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The secrets the configuration names: the NATS token's variable and each judge's key
+/// (variable or file). Read here, in the binary, and handed to the fleet as a value.
+fn secrets(config: &Config) -> anyhow::Result<Secrets> {
+    let nats_token = match config.nats.as_ref().and_then(|n| n.token_env.as_ref()) {
+        Some(var) => {
+            Some(std::env::var(var).with_context(|| format!("nats.token_env: ${var} is not set"))?)
+        }
+        None => None,
+    };
+    let mut judge_api_keys = std::collections::HashMap::new();
+    for judge in &config.judge {
+        if let Some(key) = rewardfleet_judge::read_api_key(judge, &config.base_dir)? {
+            judge_api_keys.insert(judge.name.clone(), key);
+        }
+    }
+    Ok(Secrets {
+        nats_token,
+        judge_api_keys,
+    })
 }
 
 /// Fires on SIGTERM or Ctrl-C.

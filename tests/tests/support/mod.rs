@@ -11,14 +11,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use rewardfleet_core::config::Config;
 use rewardfleet_core::{Candidate, ChatMessage, Reward};
+use rewardfleet_fleet::{GatewayProcess, Secrets, WorkerOptions};
 use rewardfleet_gateway::Gateway;
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
-use rewardfleet_proto::v1::{
-    Batch, Close, ScoreRequest, SessionOpen, score_request, score_response,
-};
+use rewardfleet_proto::v1::{ScoreRequest, score_response};
 use rewardfleet_queue::{JetStreamQueue, Queue};
 use rewardfleet_testkit::NatsServer;
-use rewardfleet_worker::{Worker, WorkerStats};
+use rewardfleet_worker::WorkerStats;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -48,7 +47,7 @@ pub fn config_text(nats_url: Option<&str>, extra: &str) -> String {
         None => String::new(),
     };
     format!(
-        "{nats}[gateway]\nlisten = \"127.0.0.1:0\"\ndefault_profile = \"e2e\"\n\n[worker]\nack_wait = \"5s\"\nmax_concurrent_jobs = 8\n\n{extra}\n{PROFILES}"
+        "{nats}[gateway]\nlisten = \"127.0.0.1:0\"\ndefault_profile = \"e2e\"\ndrain_timeout = \"5s\"\n\n[worker]\nack_wait = \"5s\"\nmax_concurrent_jobs = 8\n\n{extra}\n{PROFILES}"
     )
 }
 
@@ -87,7 +86,8 @@ pub fn expected(i: usize) -> f64 {
     }
 }
 
-/// A gateway serving gRPC on an ephemeral port over JetStream, and workers in this process.
+/// A gateway serving gRPC on an ephemeral port over JetStream, and workers in this process,
+/// each assembled by `rewardfleet-fleet` as the binary assembles them (models and judges too).
 pub struct Fleet {
     pub addr: SocketAddr,
     pub gateway: Gateway,
@@ -100,19 +100,16 @@ pub struct Fleet {
 impl Fleet {
     pub async fn start(nats: &NatsServer, workers: usize, extra: &str) -> Self {
         let config = config(Some(&nats.url()), extra);
-        let queue = connect(&config).await;
-        let gateway = Gateway::new(&config, queue);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
+        let process = GatewayProcess::build(&config, &Secrets::default(), &shutdown)
+            .await
+            .unwrap();
+        let gateway = process.gateway().clone();
         let server = tokio::spawn({
-            let gateway = gateway.clone();
             let shutdown = shutdown.clone();
-            async move {
-                rewardfleet_gateway::serve(gateway, listener, shutdown, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-            }
+            async move { process.serve(listener, shutdown).await.unwrap() }
         });
         let mut fleet = Self {
             addr,
@@ -128,17 +125,28 @@ impl Fleet {
         fleet
     }
 
+    /// Starts a worker and waits until it pulls.
     pub async fn add_worker(&mut self) {
-        let queue = connect(&self.config).await;
-        let pipeline = rewardfleet_scorers::build_pipeline(&self.config, &[]).unwrap();
-        let name = format!("worker-{}", self.workers.len());
-        let worker = Worker::new(queue, pipeline, self.config.worker.clone(), name);
-        let stats = worker.stats();
+        let stats = Arc::new(WorkerStats::default());
+        let options = WorkerOptions {
+            name: format!("worker-{}", self.workers.len()),
+            health: None,
+            stats: Arc::clone(&stats),
+        };
         let stop = CancellationToken::new();
         let handle = tokio::spawn({
             let stop = stop.clone();
-            async move { worker.run(stop).await.unwrap() }
+            let config = self.config.clone();
+            async move {
+                rewardfleet_fleet::run_worker(&config, options, stop, &Secrets::default())
+                    .await
+                    .unwrap();
+            }
         });
+        while !stats.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            assert!(!handle.is_finished(), "the worker stopped before it pulled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.workers.push((stop, handle, stats));
     }
 
@@ -147,11 +155,9 @@ impl Fleet {
     }
 
     pub async fn client(&self) -> RewardServiceClient<Channel> {
-        RewardServiceClient::connect(format!("http://{}", self.addr))
+        rewardfleet_client::connect(&format!("http://{}", self.addr))
             .await
             .unwrap()
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
     }
 
     /// A plain channel to the gateway (for raw calls and other services).
@@ -178,7 +184,7 @@ pub async fn connect(config: &Config) -> Arc<dyn Queue> {
     Arc::new(JetStreamQueue::connect(nats, &config.worker).await.unwrap())
 }
 
-/// The requests of a session that sends `candidates` in batches of whole groups.
+/// The requests of a session that sends `candidates` in batches of `batch` candidates.
 pub fn session_requests(
     session_id: &str,
     profile: &str,
@@ -186,25 +192,12 @@ pub fn session_requests(
     candidates: &[Candidate],
     batch: usize,
 ) -> Vec<ScoreRequest> {
-    let mut requests = vec![ScoreRequest {
-        kind: Some(score_request::Kind::Open(SessionOpen {
-            session_id: session_id.into(),
-            profile: profile.into(),
-            max_in_flight: window,
-        })),
-    }];
-    for chunk in candidates.chunks(batch) {
-        requests.push(ScoreRequest {
-            kind: Some(score_request::Kind::Batch(Batch {
-                candidates: chunk.to_vec(),
-                profile: String::new(),
-            })),
-        });
-    }
-    requests.push(ScoreRequest {
-        kind: Some(score_request::Kind::Close(Close {})),
-    });
-    requests
+    rewardfleet_client::session_requests(
+        session_id,
+        profile,
+        window,
+        candidates.chunks(batch).map(<[Candidate]>::to_vec),
+    )
 }
 
 /// Runs a session to its end and returns every reward received (duplicates included).

@@ -1,0 +1,343 @@
+//! Assembles a gateway, a worker or an embedded fleet from a [`Config`]: the library that the
+//! binary and the end-to-end tests call.
+//!
+//! Each process takes its listeners and a shutdown token as arguments (so tests run the real
+//! thing on port 0), and its secrets as a value (the binary reads them; this library never
+//! reads the environment).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rewardfleet_client::{Responses, Transport};
+use rewardfleet_core::Pipeline;
+use rewardfleet_core::config::Config;
+use rewardfleet_gateway::Gateway;
+use rewardfleet_judge::{JudgeCache, JudgeError, JudgeSet};
+use rewardfleet_proto::v1::ScoreRequest;
+use rewardfleet_queue::jetstream::JetStreamOptions;
+use rewardfleet_queue::{InProcessQueue, JetStreamQueue, Queue, QueueError};
+use rewardfleet_scorers::ScorerSource;
+use rewardfleet_worker::{Worker, WorkerError, WorkerStats};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why a fleet process could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The configuration cannot be assembled; the message names each problem and its key path.
+    #[error("{0}")]
+    Config(String),
+    /// The queue failed (NATS unreachable, streams refused).
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    /// A judge could not be set up (its key, its cache).
+    #[error("{0}")]
+    Judge(#[from] JudgeError),
+    /// A model could not be loaded.
+    #[error("{0}")]
+    Models(String),
+    /// A worker stopped early.
+    #[error("{0}")]
+    Worker(#[from] WorkerError),
+    /// The gateway's transport failed.
+    #[error("gateway transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The secrets a fleet process needs, read by the binary from the variables and files that the
+/// configuration names. `Debug` shows which are set, never their values.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// The NATS token (`nats.token_env`).
+    pub nats_token: Option<String>,
+    /// Each judge's API key by judge name (`api_key_env` / `api_key_file`).
+    pub judge_api_keys: HashMap<String, String>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut judges: Vec<&String> = self.judge_api_keys.keys().collect();
+        judges.sort();
+        f.debug_struct("Secrets")
+            .field(
+                "nats_token",
+                &self.nats_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("judge_api_keys", &judges)
+            .finish()
+    }
+}
+
+/// Every profile's scorers, and the judges behind them (for their usage).
+pub struct Scorers {
+    /// The profiles, ready to score.
+    pub pipeline: Pipeline,
+    /// The judges, when the configuration has any.
+    pub judges: Option<Arc<JudgeSet>>,
+}
+
+/// Builds every profile's scorers: loads models (warm before this returns), sets up judges with
+/// their API keys and verdict cache (a KV bucket on `nats` in fleet mode, memory otherwise).
+///
+/// # Errors
+/// A model that cannot be loaded, a judge that cannot be set up, or profile problems.
+pub async fn scorers(
+    config: &Config,
+    nats: Option<&async_nats::Client>,
+    secrets: &Secrets,
+) -> Result<Scorers, FleetError> {
+    let models = if config.model.is_empty() {
+        None
+    } else {
+        Some(load_models(config).await?)
+    };
+    let judges = if config.judge.is_empty() {
+        None
+    } else {
+        let c = &config.judge_cache;
+        let cache = match (c.enabled, nats) {
+            (false, _) => JudgeCache::None,
+            (true, Some(client)) => {
+                let js = async_nats::jetstream::new(client.clone());
+                JudgeCache::kv(&js, &c.kv_bucket, c.ttl).await?
+            }
+            (true, None) => JudgeCache::Memory {
+                capacity: c.memory_capacity,
+                ttl: c.ttl,
+            },
+        };
+        Some(Arc::new(JudgeSet::new(
+            &config.judge,
+            secrets.judge_api_keys.clone(),
+            cache,
+        )?))
+    };
+    let mut sources: Vec<&dyn ScorerSource> = Vec::new();
+    if let Some(m) = &models {
+        sources.push(m.as_ref());
+    }
+    if let Some(j) = &judges {
+        sources.push(j.as_ref());
+    }
+    let pipeline = rewardfleet_scorers::build_pipeline(config, &sources)
+        .map_err(|e| FleetError::Config(e.to_string()))?;
+    Ok(Scorers { pipeline, judges })
+}
+
+/// Loads every `[[model]]` (each warm before this returns) on a blocking thread.
+#[cfg(feature = "torch")]
+async fn load_models(config: &Config) -> Result<Box<dyn ScorerSource + Send + Sync>, FleetError> {
+    let models = config.model.clone();
+    let base = config.base_dir.clone();
+    let set =
+        tokio::task::spawn_blocking(move || rewardfleet_torch::ModelSet::load(&models, &base))
+            .await
+            .map_err(|e| FleetError::Models(format!("the model loader stopped: {e}")))?
+            .map_err(|e| FleetError::Models(e.to_string()))?;
+    Ok(Box::new(set))
+}
+
+#[cfg(not(feature = "torch"))]
+async fn load_models(config: &Config) -> Result<Box<dyn ScorerSource + Send + Sync>, FleetError> {
+    Err(FleetError::Models(format!(
+        "model[0] ({:?}): this binary was built without libtorch (cargo feature `torch`); \
+         build with it, or run the profiles that use models on workers that have it",
+        config.model[0].name
+    )))
+}
+
+/// Connects to NATS JetStream as `[nats]` says, as `role` (shown in the server's monitoring).
+///
+/// # Errors
+/// No `[nats]` in the configuration, or [`JetStreamQueue::connect_with`]'s errors.
+pub async fn connect(
+    config: &Config,
+    role: &str,
+    secrets: &Secrets,
+) -> Result<JetStreamQueue, FleetError> {
+    let nats = config
+        .nats
+        .as_ref()
+        .ok_or_else(|| FleetError::Config("no [nats] in the configuration".into()))?;
+    let options = JetStreamOptions {
+        token: secrets.nats_token.clone(),
+        client_name: Some(format!("rewardfleet-{role}")),
+    };
+    Ok(JetStreamQueue::connect_with(nats, &config.worker, options).await?)
+}
+
+/// Gateway and worker in one process over an in-process queue (embedded mode).
+pub struct Embedded {
+    /// The gateway logic (no socket).
+    pub gateway: Gateway,
+    /// The judges, for their usage.
+    pub judges: Option<Arc<JudgeSet>>,
+    shutdown: CancellationToken,
+    worker: JoinHandle<()>,
+}
+
+impl Embedded {
+    /// Builds the scorers and starts the worker.
+    ///
+    /// # Errors
+    /// As [`scorers`].
+    pub async fn start(config: &Config, secrets: &Secrets) -> Result<Self, FleetError> {
+        let Scorers { pipeline, judges } = scorers(config, None, secrets).await?;
+        // Ledger entries and results of one session: twice the largest window.
+        let queue: Arc<dyn Queue> = Arc::new(InProcessQueue::new(
+            &config.worker,
+            2 * config.gateway.max_window as usize,
+        ));
+        let gateway = Gateway::new(config, Arc::clone(&queue));
+        let worker = Worker::new(queue, pipeline, config.worker.clone(), "embedded");
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let worker = tokio::spawn(async move {
+            if let Err(e) = worker.run(stop).await {
+                tracing::error!(error = %e, "embedded worker stopped");
+            }
+        });
+        Ok(Self {
+            gateway,
+            judges,
+            shutdown,
+            worker,
+        })
+    }
+
+    /// A transport that runs client sessions on this process's gateway.
+    pub fn transport(&self) -> EmbeddedTransport {
+        EmbeddedTransport(self.gateway.clone())
+    }
+
+    /// Stops the worker after it finished what it holds.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.worker.await;
+    }
+}
+
+/// Client sessions on a gateway in this process (no socket).
+pub struct EmbeddedTransport(Gateway);
+
+#[async_trait]
+impl Transport for EmbeddedTransport {
+    async fn score(&mut self, requests: Vec<ScoreRequest>) -> Result<Responses, tonic::Status> {
+        let requests = futures::stream::iter(requests.into_iter().map(Ok));
+        Ok(self.0.score(requests, CancellationToken::new()))
+    }
+}
+
+/// A gateway assembled from a configuration, ready to serve: over NATS JetStream (running the
+/// dead-letter watcher until shutdown), or with its worker in-process when there is no `[nats]`.
+pub struct GatewayProcess {
+    gateway: Gateway,
+    embedded: Option<Embedded>,
+    drain_timeout: std::time::Duration,
+}
+
+impl GatewayProcess {
+    /// Assembles the gateway of `config`; background tasks end when `shutdown` fires.
+    ///
+    /// # Errors
+    /// NATS unreachable, or (embedded) the scorers cannot be built.
+    pub async fn build(
+        config: &Config,
+        secrets: &Secrets,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, FleetError> {
+        let (gateway, embedded) = if config.is_embedded() {
+            let embedded = Embedded::start(config, secrets).await?;
+            (embedded.gateway.clone(), Some(embedded))
+        } else {
+            let queue = connect(config, "gateway", secrets).await?;
+            // Jobs whose workers all crashed get FAILED results (every gateway may run this).
+            tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
+            (Gateway::new(config, Arc::new(queue)), None)
+        };
+        Ok(Self {
+            gateway,
+            embedded,
+            drain_timeout: config.gateway.drain_timeout,
+        })
+    }
+
+    /// The gateway logic (its counters, sessions in this process).
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` fires, drains, then stops an embedded worker.
+    ///
+    /// # Errors
+    /// If the transport fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), FleetError> {
+        let served =
+            rewardfleet_gateway::serve(self.gateway, listener, shutdown, self.drain_timeout).await;
+        if let Some(embedded) = self.embedded {
+            embedded.stop().await;
+        }
+        Ok(served?)
+    }
+}
+
+/// Runs the gateway of `config` on `listener` until `shutdown` fires (see [`GatewayProcess`]).
+///
+/// # Errors
+/// As [`GatewayProcess::build`] and [`GatewayProcess::serve`].
+pub async fn run_gateway(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    secrets: &Secrets,
+) -> Result<(), FleetError> {
+    let process = GatewayProcess::build(config, secrets, &shutdown).await?;
+    process.serve(listener, shutdown).await
+}
+
+/// How a worker process presents itself.
+pub struct WorkerOptions {
+    /// Its name in results and logs.
+    pub name: String,
+    /// Where to serve `/livez` and `/readyz`, if anywhere.
+    pub health: Option<TcpListener>,
+    /// Its counters (made by the caller, so that it can read them while the worker runs).
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Runs a worker of `config` until `shutdown` fires: connects to NATS, loads models (not ready
+/// until they are warm), then pulls and scores jobs, draining on shutdown.
+///
+/// # Errors
+/// No `[nats]`, NATS unreachable, scorers that cannot be built, or no source of jobs.
+pub async fn run_worker(
+    config: &Config,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+    secrets: &Secrets,
+) -> Result<(), FleetError> {
+    if let Some(listener) = options.health {
+        tokio::spawn(rewardfleet_worker::serve_health(
+            listener,
+            Arc::clone(&options.stats),
+            shutdown.child_token(),
+        ));
+    }
+    let queue = connect(config, "worker", secrets).await?;
+    let scorers = scorers(config, Some(queue.client()), secrets).await?;
+    let worker = Worker::with_stats(
+        Arc::new(queue),
+        scorers.pipeline,
+        config.worker.clone(),
+        options.name,
+        options.stats,
+    );
+    Ok(worker.run(shutdown).await?)
+}
