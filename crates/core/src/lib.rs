@@ -10,21 +10,9 @@ pub mod scorer;
 pub use config::{Config, ConfigError, ConfigProblem};
 pub use input::{InputError, Limits};
 pub use job::{JobBounds, split_into_jobs};
-pub use pipeline::Pipeline;
+pub use pipeline::{JobOutcome, Pipeline};
 pub use profile::{Component, ComponentKind, Normalize, OnComponentFailure, Profile};
 pub use rewardfleet_proto::v1::{
     Candidate, ChatMessage, Job, JobAccepted, JobResult, Reward, reward::Status as RewardStatus,
 };
 pub use scorer::{Score, ScoreContext, ScoreError, Scorer};
-
-/// The reward of a candidate that could not be scored at all.
-pub fn failed_reward(candidate_id: &str, error: impl Into<String>) -> Reward {
-    Reward {
-        candidate_id: candidate_id.to_owned(),
-        value: 0.0,
-        components: Default::default(),
-        status: RewardStatus::Failed as i32,
-        error: error.into(),
-        flags: Vec::new(),
-    }
-}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{NormalizeKind, OnFailure};
 use crate::scorer::Outcome;
-use crate::{Candidate, Reward, RewardStatus, ScoreContext, ScoreError, Scorer};
+use crate::{Candidate, JobOutcome, Reward, RewardStatus, ScoreContext, ScoreError, Scorer};
 
 pub use crate::config::NormalizeKind as Normalize;
 pub use crate::config::OnFailure as OnComponentFailure;
@@ -67,18 +67,10 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Scores one group: every component runs concurrently, then values are combined.
-    pub async fn score_group(&self, ctx: &ScoreContext, group: &[Candidate]) -> Vec<Reward> {
-        self.score_group_detailed(ctx, group).await.0
-    }
-
-    /// As [`Profile::score_group`], and whether a FAILED reward came from an error that may go
-    /// away if the job is tried again later (a judge down, a timeout).
-    pub async fn score_group_detailed(
-        &self,
-        ctx: &ScoreContext,
-        group: &[Candidate],
-    ) -> (Vec<Reward>, bool) {
+    /// Scores one group: every component runs concurrently, then values are combined. The
+    /// outcome says whether a FAILED reward came from an error that may go away if the job is
+    /// tried again later (a judge down, a timeout).
+    pub async fn score_group(&self, ctx: &ScoreContext, group: &[Candidate]) -> JobOutcome {
         let outcomes = futures::future::join_all(
             self.components
                 .iter()
@@ -86,13 +78,13 @@ impl Profile {
         )
         .await;
         let rewards = self.combine(group, &outcomes);
-        let retryable = rewards.iter().enumerate().any(|(i, r)| {
-            r.status == RewardStatus::Failed as i32
+        let retry = rewards.iter().enumerate().any(|(i, r)| {
+            r.status() == RewardStatus::Failed
                 && outcomes
                     .iter()
                     .any(|o| matches!(o.get(i), Some(Err(e)) if e.retryable))
         });
-        (rewards, retryable)
+        JobOutcome { rewards, retry }
     }
 
     /// Combines per-component outcomes (`outcomes[component][candidate]`) into rewards. Pure and

@@ -12,9 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use rewardfleet_core::{
-    Candidate, Job, JobAccepted, JobResult, Reward, failed_reward, split_into_jobs,
-};
+use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, split_into_jobs};
 use rewardfleet_proto::v1::{
     Batch, BatchAccepted, Close, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen,
     SessionOpened, score_request, score_response,
@@ -351,7 +349,7 @@ impl Gateway {
         for c in candidates {
             match self.inner.limits.check_candidate(&c) {
                 Ok(()) => valid.push(c),
-                Err(e) => rejected.push(failed_reward(&c.id, format!("invalid input: {e}"))),
+                Err(e) => rejected.push(Reward::failed(&c.id, format!("invalid input: {e}"))),
             }
         }
         let jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)

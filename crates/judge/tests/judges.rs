@@ -733,7 +733,8 @@ async fn deliver(
         on_component_failure: rewardfleet_core::profile::OnComponentFailure::Fail,
         floor: 0.0,
     };
-    profile.score_group_detailed(&ctx("s"), group).await
+    let outcome = profile.score_group(&ctx("s"), group).await;
+    (outcome.rewards, outcome.retry)
 }
 
 /// A job whose candidates get a 400 and a 503 (then a verdict), delivered to `first` and
@@ -979,7 +980,8 @@ rubric = "helpful.md""#,
     };
     let rewards = profile
         .score_group(&ctx("s"), &[candidate("a", "quality:10")])
-        .await;
+        .await
+        .rewards;
     assert_eq!(rewards[0].status, RewardStatus::Degraded as i32);
     assert_eq!(rewards[0].value, 1.0);
     assert!(

@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rewardfleet_core::config::WorkerConfig;
-use rewardfleet_core::{Job, JobAccepted, JobResult, failed_reward};
+use rewardfleet_core::{Job, JobAccepted, JobResult};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
@@ -203,17 +203,7 @@ impl Inner {
         if job.delivered >= max_deliver {
             let deliveries = job.delivered;
             let error = given_up_error(deliveries);
-            let result = JobResult {
-                job_id: job_id.to_owned(),
-                session_id: job.job.session_id.clone(),
-                rewards: job
-                    .job
-                    .candidates
-                    .iter()
-                    .map(|c| failed_reward(&c.id, error.clone()))
-                    .collect(),
-                worker: crate::DEAD_LETTER_WORKER.into(),
-            };
+            let result = JobResult::failed(&job.job, crate::DEAD_LETTER_WORKER, &error);
             tracing::warn!(
                 job_id,
                 deliveries,

@@ -53,7 +53,7 @@ pub fn build_pipeline(
         }
     }
     if problems.is_empty() {
-        Ok(Pipeline::new(profiles, config.limits.clone()))
+        Ok(Pipeline::new(profiles))
     } else {
         Err(BuildError::Config(problems))
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rewardfleet_core::config::WorkerConfig;
-use rewardfleet_core::{JobResult, Pipeline, failed_reward};
+use rewardfleet_core::{JobResult, Pipeline};
 use rewardfleet_queue::{Delivery, Queue, QueueError};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -201,12 +201,17 @@ impl JobContext {
                 }
             }
         };
-        let rewards = match scored {
-            Ok((_, true)) if !last => {
+        let result = match scored {
+            Ok(outcome) if outcome.retry && !last => {
                 self.stats.jobs_retried.fetch_add(1, Ordering::Relaxed);
                 return delivery.acker.nak(self.config.retry_delay).await;
             }
-            Ok((rewards, _)) => rewards,
+            Ok(outcome) => JobResult {
+                job_id: job.job_id.clone(),
+                session_id: job.session_id.clone(),
+                rewards: outcome.rewards,
+                worker: self.name.clone(),
+            },
             Err(panic) if !last => {
                 tracing::error!(job = %job.job_id, error = %panic, "scoring panicked; the job will be tried again");
                 self.stats.jobs_retried.fetch_add(1, Ordering::Relaxed);
@@ -215,25 +220,12 @@ impl JobContext {
             Err(panic) => {
                 tracing::error!(job = %job.job_id, error = %panic, "scoring panicked on the last attempt");
                 self.stats.jobs_given_up.fetch_add(1, Ordering::Relaxed);
-                job.candidates
-                    .iter()
-                    .map(|c| {
-                        failed_reward(
-                            &c.id,
-                            format!(
-                                "internal error: scoring crashed on all {} attempts",
-                                delivery.attempt
-                            ),
-                        )
-                    })
-                    .collect()
+                let error = format!(
+                    "internal error: scoring crashed on all {} attempts",
+                    delivery.attempt
+                );
+                JobResult::failed(job, &self.name, &error)
             }
-        };
-        let result = JobResult {
-            job_id: job.job_id.clone(),
-            session_id: job.session_id.clone(),
-            rewards,
-            worker: self.name.clone(),
         };
         if let Err(e) = self.queue.publish_result(&result).await {
             // Not published: hand the job back; never ack what was not delivered.

@@ -81,6 +81,7 @@ fn group(responses: &[&str]) -> Vec<Candidate> {
 async fn run(p: &Profile, responses: &[&str]) -> Vec<Reward> {
     p.score_group(&ScoreContext::default(), &group(responses))
         .await
+        .rewards
 }
 
 #[tokio::test]

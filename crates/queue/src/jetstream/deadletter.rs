@@ -26,7 +26,7 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use futures::{Future, StreamExt, TryStreamExt};
 use prost::Message as _;
-use rewardfleet_core::{Job, JobResult, failed_reward};
+use rewardfleet_core::{Job, JobResult};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -247,16 +247,7 @@ impl JetStreamQueue {
         match Job::decode(message.payload) {
             Ok(job) => {
                 let error = crate::given_up_error(deliveries);
-                let result = JobResult {
-                    job_id: job.job_id.clone(),
-                    session_id: job.session_id.clone(),
-                    rewards: job
-                        .candidates
-                        .iter()
-                        .map(|c| failed_reward(&c.id, error.clone()))
-                        .collect(),
-                    worker: DEAD_LETTER_WORKER.into(),
-                };
+                let result = JobResult::failed(&job, DEAD_LETTER_WORKER, &error);
                 self.publish_result(&result).await?;
                 tracing::warn!(
                     seq,
