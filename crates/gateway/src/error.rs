@@ -70,3 +70,47 @@ impl From<GatewayError> for tonic::Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_what_the_client_should_do() {
+        let code = |e: GatewayError| tonic::Status::from(e).code();
+        assert_eq!(
+            code(GatewayError::InvalidArgument {
+                field: "f".into(),
+                message: "m".into()
+            }),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(GatewayError::Unreadable("x".into())),
+            Code::InvalidArgument
+        );
+        // Resume: the queue is away or the gateway drains.
+        assert_eq!(
+            code(GatewayError::Queue(QueueError::Unavailable("x".into()))),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(GatewayError::Queue(QueueError::Closed)),
+            Code::Unavailable
+        );
+        assert_eq!(code(GatewayError::ShuttingDown), Code::Unavailable);
+        // Resuming cannot help: a job the server refuses for good.
+        assert_eq!(
+            code(GatewayError::Queue(QueueError::Malformed(
+                "larger than max_payload".into()
+            ))),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(GatewayError::Queue(QueueError::Setup("no stream".into()))),
+            Code::Internal
+        );
+    }
+}

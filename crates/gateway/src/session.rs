@@ -580,3 +580,105 @@ impl Session {
         !self.closing && self.pending.is_empty() && self.owed.len() < self.window
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, candidates: usize) -> Job {
+        Job {
+            job_id: id.into(),
+            candidates: (0..candidates)
+                .map(|i| Candidate {
+                    id: format!("{id}-{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn session(window: usize) -> Session {
+        Session {
+            id: "s".into(),
+            window,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn jobs_go_out_while_the_window_has_room() {
+        let mut s = session(10);
+        s.pending.extend([job("a", 6), job("b", 6), job("c", 20)]);
+        let a = s
+            .next_job_with_room()
+            .expect("an empty window takes any job");
+        s.owed.extend(a.candidates.iter().map(|c| c.id.clone()));
+        assert!(s.next_job_with_room().is_none(), "6 + 6 > 10");
+        assert!(!s.can_read(), "a batch waits: read nothing more");
+        s.owed.clear();
+        let b = s.next_job_with_room().expect("room again");
+        assert_eq!(b.job_id, "b");
+        s.owed.clear();
+        let c = s
+            .next_job_with_room()
+            .expect("a job larger than the window still goes");
+        assert_eq!(c.candidates.len(), 20);
+        assert!(s.can_read());
+    }
+
+    #[test]
+    fn a_session_is_done_only_when_caught_up_and_owing_nothing() {
+        let mut s = session(10);
+        s.closing = true;
+        assert!(!s.is_done(), "the record is not replayed yet");
+        s.caught_up = true;
+        s.owed.insert("c1".into());
+        assert!(!s.is_done(), "a reward is owed");
+        s.owed.clear();
+        s.pending.push_back(job("a", 1));
+        assert!(!s.is_done(), "a job is not published yet");
+        s.pending.clear();
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn decode_errors_are_the_clients_and_other_failures_mean_it_left() {
+        let decode = Status::internal(
+            "failed to decode Protobuf message: Candidate.id: invalid string value",
+        );
+        match unreadable(decode, "request 3 of the stream", "s") {
+            Err(GatewayError::Unreadable(m)) => {
+                assert!(
+                    m.starts_with("request 3 of the stream: failed to decode"),
+                    "{m}"
+                );
+            }
+            other => panic!("{:?}", other.map(|(id, _)| id)),
+        }
+        let too_large = Status::out_of_range("message length too large");
+        assert!(matches!(
+            unreadable(too_large, "x", "s"),
+            Err(GatewayError::Unreadable(_))
+        ));
+        for gone in [
+            Status::cancelled("reset"),
+            Status::unknown("h2"),
+            Status::internal("connection error"),
+        ] {
+            assert!(matches!(
+                unreadable(gone, "x", "s"),
+                Ok((_, Ended::ClientLeft))
+            ));
+        }
+    }
+
+    #[test]
+    fn rejection_ids_are_stable_and_differ_by_candidate() {
+        let one = [Reward::failed("a", "x"), Reward::failed("b", "x")];
+        let other = [Reward::failed("a", "x"), Reward::failed("c", "x")];
+        assert_eq!(rejection_id("s", &one), rejection_id("s", &one));
+        assert_ne!(rejection_id("s", &one), rejection_id("s", &other));
+        assert!(rejection_id("s", &one).starts_with("s.rejected."));
+    }
+}

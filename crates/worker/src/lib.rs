@@ -122,7 +122,7 @@ impl Worker {
                 },
             };
             // Room for this job and every other slot free now: the source fetches no more.
-            let room = capacity;
+            let room = slots.available_permits() + 1;
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
                 d = source.next(room) => d,
@@ -238,5 +238,166 @@ impl JobContext {
             .candidates_done
             .fetch_add(job.candidates.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use futures::StreamExt;
+    use rewardfleet_core::config::{NormalizeKind, OnFailure};
+    use rewardfleet_core::profile::Component;
+    use rewardfleet_core::scorer::Outcome;
+    use rewardfleet_core::{
+        Candidate, ComponentKind, Job, Profile, RewardStatus, Score, ScoreContext, ScoreError,
+        Scorer,
+    };
+    use rewardfleet_queue::{InProcessQueue, SessionEvent};
+
+    use super::*;
+
+    /// Scores the response's length; `transient` responses fail for a passing reason, `panic`
+    /// ones crash the scorer. Counts its calls.
+    #[derive(Default)]
+    struct Length {
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Scorer for Length {
+        async fn score(&self, _: &ScoreContext, group: &[Candidate]) -> Vec<Outcome> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            group
+                .iter()
+                .map(|c| match c.response.as_str() {
+                    "panic" => panic!("the scorer crashed"),
+                    "transient" => Err(ScoreError::transient("unavailable", "try later")),
+                    r => Ok(Score::new(r.len() as f64)),
+                })
+                .collect()
+        }
+    }
+
+    fn pipeline(scorer: Arc<Length>) -> Pipeline {
+        let profile = Profile {
+            name: "p".into(),
+            components: vec![Component {
+                name: "length".into(),
+                kind: ComponentKind::Rule,
+                weight: 1.0,
+                gate: None,
+                scorer,
+                fallback: None,
+            }],
+            normalize: NormalizeKind::None,
+            clip: (0.0, 1.0),
+            on_component_failure: OnFailure::Fail,
+            floor: 0.0,
+        };
+        Pipeline::new(HashMap::from([("p".to_owned(), Arc::new(profile))]))
+    }
+
+    fn job(n: usize, response: &str) -> Job {
+        Job {
+            job_id: format!("s.job{n}"),
+            session_id: "s".into(),
+            profile: "p".into(),
+            candidates: vec![Candidate {
+                id: format!("c{n}"),
+                response: response.into(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn config(max_deliver: i64) -> WorkerConfig {
+        WorkerConfig {
+            max_concurrent_jobs: 2,
+            max_deliver,
+            retry_delay: Duration::from_millis(10),
+            drain_timeout: Duration::from_secs(5),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Runs a worker over `jobs` until `n` results came; returns them by job id.
+    async fn results_of(
+        jobs: &[Job],
+        n: usize,
+        max_deliver: i64,
+        scorer: Arc<Length>,
+    ) -> (HashMap<String, JobResult>, Arc<WorkerStats>) {
+        let queue = Arc::new(InProcessQueue::new(&config(max_deliver), 64));
+        let mut events = queue.results("s").await.expect("subscribe");
+        for j in jobs {
+            queue.publish_job(j).await.expect("publish");
+        }
+        let worker = Worker::new(queue, pipeline(scorer), config(max_deliver), "w");
+        let stats = worker.stats();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        let mut results = HashMap::new();
+        while results.len() < n {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("a result within 10 s");
+            if let Some(Ok(SessionEvent::Result(r))) = event {
+                results.insert(r.job_id.clone(), r);
+            }
+        }
+        stop.cancel();
+        running.await.expect("worker task").expect("worker");
+        (results, stats)
+    }
+
+    #[tokio::test]
+    async fn scores_publishes_and_acks_each_job_once() {
+        let scorer = Arc::new(Length::default());
+        let jobs: Vec<Job> = (0..5).map(|n| job(n, &"x".repeat(n))).collect();
+        let (results, stats) = results_of(&jobs, 5, 3, Arc::clone(&scorer)).await;
+        for n in 0..5 {
+            let r = &results[&format!("s.job{n}")];
+            assert_eq!(r.worker, "w");
+            assert_eq!(r.rewards[0].value, n as f64);
+            assert_eq!(r.rewards[0].status(), RewardStatus::Ok);
+        }
+        assert_eq!(stats.jobs_done.load(Ordering::SeqCst), 5);
+        assert_eq!(stats.deliveries.load(Ordering::SeqCst), 5);
+        assert_eq!(scorer.calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_passing_failure_is_retried_until_the_last_attempt() {
+        let scorer = Arc::new(Length::default());
+        let (results, stats) = results_of(&[job(0, "transient")], 1, 3, Arc::clone(&scorer)).await;
+        let reward = &results["s.job0"].rewards[0];
+        assert_eq!(reward.status(), RewardStatus::Failed);
+        assert!(reward.error.contains("try later"), "{}", reward.error);
+        assert_eq!(
+            scorer.calls.load(Ordering::SeqCst),
+            3,
+            "max_deliver attempts"
+        );
+        assert_eq!(stats.jobs_retried.load(Ordering::SeqCst), 2);
+        assert_eq!(stats.redeliveries.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_crashing_scorer_fails_its_job_not_the_worker() {
+        let scorer = Arc::new(Length::default());
+        let jobs = [job(0, "panic"), job(1, "ok")];
+        let (results, stats) = results_of(&jobs, 2, 2, Arc::clone(&scorer)).await;
+        let crashed = &results["s.job0"].rewards[0];
+        assert_eq!(crashed.status(), RewardStatus::Failed);
+        assert!(
+            crashed.error.contains("crashed on all 2 attempts"),
+            "{}",
+            crashed.error
+        );
+        assert_eq!(results["s.job1"].rewards[0].value, 2.0);
+        assert_eq!(stats.jobs_given_up.load(Ordering::SeqCst), 1);
     }
 }
