@@ -39,7 +39,8 @@ pub async fn scorers(
     } else {
         let mut keys = HashMap::new();
         for judge in &config.judge {
-            if let Some(key) = rewardfleet_judge::read_api_key(judge, &config.base_dir)? {
+            let env = |var: &str| std::env::var(var).ok();
+            if let Some(key) = rewardfleet_judge::read_api_key(judge, &config.base_dir, env)? {
                 keys.insert(judge.name.clone(), key);
             }
         }
@@ -48,7 +49,7 @@ pub async fn scorers(
             (false, _) => JudgeCache::None,
             (true, Some(client)) => {
                 let js = async_nats::jetstream::new(client.clone());
-                JudgeCache::kv(&js, &c.kv_bucket, c.ttl).await?
+                rewardfleet_scorers::kv_cache::judge_cache(&js, &c.kv_bucket, c.ttl).await?
             }
             (true, None) => JudgeCache::Memory {
                 capacity: c.memory_capacity,
