@@ -348,8 +348,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             template: "{response}".into(),
             max_length: 2048,
             truncation_side: TruncationSide::Right,
-            dtype: dtype.clone(),
-            device: args.device.clone(),
+            dtype: dtype.parse().map_err(anyhow::Error::msg)?,
+            device: args.device.parse().map_err(anyhow::Error::msg)?,
             threads: if threads == 0 {
                 rewardfleet_torch::default_threads(1)
             } else {

@@ -339,7 +339,8 @@ fn secrets(config: &Config) -> anyhow::Result<Secrets> {
     };
     let mut judge_api_keys = std::collections::HashMap::new();
     for judge in &config.judge {
-        if let Some(key) = rewardfleet_judge::read_api_key(judge, &config.base_dir)? {
+        let env = |var: &str| std::env::var(var).ok();
+        if let Some(key) = rewardfleet_judge::read_api_key(judge, &config.base_dir, env)? {
             judge_api_keys.insert(judge.name.clone(), key);
         }
     }

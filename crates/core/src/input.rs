@@ -1,11 +1,13 @@
 //! Input limits and the checks that enforce them, each error naming its field and its limit.
+//!
+//! `[limits]` is a section of the configuration; [`crate::config`] checks the limits' own values
+//! and depends on this module, never the other way round.
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Candidate;
-use crate::config::ConfigProblem;
 
 /// Limits on what a trainer may send; every one is enforced with an error that names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,25 +44,6 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub(crate) fn problems(&self, path: &str, p: &mut Vec<ConfigProblem>) {
-        for (key, value) in [
-            ("max_batch_candidates", self.max_batch_candidates),
-            ("max_group_size", self.max_group_size),
-            ("max_response_bytes", self.max_response_bytes),
-            ("max_prompt_messages", self.max_prompt_messages),
-            ("max_prompt_bytes", self.max_prompt_bytes),
-            ("max_reference_bytes", self.max_reference_bytes),
-            ("max_id_bytes", self.max_id_bytes),
-        ] {
-            if value == 0 {
-                p.push(ConfigProblem::new(
-                    format!("{path}.{key}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-    }
-
     /// Checks what a whole batch must get right: its size, ids and group sizes. A failure rejects
     /// the batch (the caller's bug), with the field and the limit named.
     ///

@@ -4,8 +4,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigProblem;
-use crate::input::{InputError, Limits};
+use crate::input::InputError;
 use crate::{Candidate, Job};
 
 /// Bounds of one job (one JetStream message, scored by one worker).
@@ -23,26 +22,6 @@ impl Default for JobBounds {
         Self {
             max_candidates: 64,
             max_bytes: 512 * 1024,
-        }
-    }
-}
-
-impl JobBounds {
-    pub(crate) fn problems(&self, path: &str, limits: &Limits, p: &mut Vec<ConfigProblem>) {
-        if self.max_candidates < limits.max_group_size {
-            p.push(ConfigProblem::new(
-                format!("{path}.max_candidates"),
-                format!(
-                    "{} is less than limits.max_group_size ({}); a whole group must fit in one job",
-                    self.max_candidates, limits.max_group_size
-                ),
-            ));
-        }
-        if self.max_bytes < 4096 || self.max_bytes > 8 * 1024 * 1024 {
-            p.push(ConfigProblem::new(
-                format!("{path}.max_bytes"),
-                "must be between 4 KiB and 8 MiB (and below the server's max_payload)",
-            ));
         }
     }
 }

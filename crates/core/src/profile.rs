@@ -7,30 +7,9 @@ use crate::config::{NormalizeKind, OnFailure};
 use crate::scorer::Outcome;
 use crate::{Candidate, JobOutcome, Reward, RewardStatus, ScoreContext, ScoreError, Scorer};
 
+pub use crate::config::ComponentKind;
 pub use crate::config::NormalizeKind as Normalize;
 pub use crate::config::OnFailure as OnComponentFailure;
-
-/// What kind of scorer a component uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ComponentKind {
-    /// A rule-based verifier.
-    Rule,
-    /// A local reward model.
-    Model,
-    /// A remote LLM judge.
-    Judge,
-}
-
-impl ComponentKind {
-    /// The name used by `ListProfiles`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Rule => "rule",
-            Self::Model => "model",
-            Self::Judge => "judge",
-        }
-    }
-}
 
 /// One component, ready to score.
 #[derive(Clone)]

@@ -102,7 +102,7 @@ pub async fn scorers(
             (false, _) => JudgeCache::None,
             (true, Some(client)) => {
                 let js = async_nats::jetstream::new(client.clone());
-                JudgeCache::kv(&js, &c.kv_bucket, c.ttl).await?
+                rewardfleet_scorers::kv_cache::judge_cache(&js, &c.kv_bucket, c.ttl).await?
             }
             (true, None) => JudgeCache::Memory {
                 capacity: c.memory_capacity,

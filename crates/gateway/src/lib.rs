@@ -5,7 +5,6 @@ mod error;
 mod server;
 mod session;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -142,7 +141,6 @@ impl Gateway {
 }
 
 fn profile_infos(config: &Config) -> Vec<ProfileInfo> {
-    let models: HashSet<&str> = config.model.iter().map(|m| m.name.as_str()).collect();
     config
         .profile
         .iter()
@@ -155,12 +153,7 @@ fn profile_infos(config: &Config) -> Vec<ProfileInfo> {
                 .iter()
                 .map(|c| ComponentInfo {
                     name: c.display_name(),
-                    kind: match &c.scorer {
-                        None => "rule",
-                        Some(s) if models.contains(s.as_str()) => "model",
-                        Some(_) => "judge",
-                    }
-                    .into(),
+                    kind: config.component_kind(c).as_str().into(),
                     weight: c.effective_weight(),
                     gate: c.gate,
                     fallback: c.fallback.clone().unwrap_or_default(),

@@ -1,5 +1,8 @@
-//! The verdict cache: content-addressed, in memory (embedded mode) or in a NATS KV bucket shared
-//! by the fleet. A cache never fails a judgement: its errors are logged and read as misses.
+//! The verdict cache: content-addressed, so a repeated (judge, prompt, response, reference)
+//! skips the call. Judges keep answers through the [`VerdictCache`] trait: an in-memory LRU here
+//! ([`MemoryCache`], embedded mode), a store shared by the fleet elsewhere (the NATS KV bucket of
+//! `rewardfleet-scorers`). A cache never fails a judgement: a store logs its errors and reads
+//! them as misses.
 //!
 //! It keeps what the endpoint answered to one request ([`Answer`]): readable verdicts for the
 //! judge's `cache_ttl`, and permanent failures — a request refused for what it contains, an
@@ -11,33 +14,45 @@
 //! prompt, response, reference) is answered from them.
 
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream;
+use async_trait::async_trait;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::JudgeError;
 use crate::client::{ChatRequest, Completion};
 
-/// Where judges keep verdicts they already paid for.
-// Built once per process; boxing the store would only make the variant awkward to construct.
-#[allow(clippy::large_enum_variant)]
+/// Where judges keep the answers they already paid for; one per process, shared by every judge.
+///
+/// Freshness is the judges' to decide (each judge has its own `cache_ttl` and
+/// `failure_cache_ttl`, compared with [`StoredAnswer::stored_at`]); a store may forget entries
+/// earlier (capacity, its own expiry), never keep them as other answers.
+#[async_trait]
+pub trait VerdictCache: Send + Sync {
+    /// The answer stored under `key`, if any. A store that cannot read logs why and answers
+    /// `None`: a cache never fails a judgement.
+    async fn get(&self, key: &CacheKey) -> Option<StoredAnswer>;
+
+    /// Keeps `stored` under `key`, replacing what was there. A store that cannot write logs why.
+    async fn put(&self, key: &CacheKey, stored: StoredAnswer);
+}
+
+/// Which cache the judges of a [`crate::JudgeSet`] use.
 #[derive(Clone)]
 pub enum JudgeCache {
     /// No cache: every judgement calls the endpoint.
     None,
-    /// An in-process LRU (embedded mode).
+    /// An in-process LRU ([`MemoryCache`], embedded mode).
     Memory {
-        /// Entries kept, at most (least recently used go first).
+        /// Entries kept, at most (least recently used go first); 0: no cache.
         capacity: usize,
         /// Entries older than this are misses.
         ttl: Duration,
     },
-    /// A NATS KV bucket shared by the fleet; entries expire with the bucket's `max_age`.
-    Kv(jetstream::kv::Store),
+    /// A store shared beyond this process (the fleet's NATS KV bucket).
+    Shared(Arc<dyn VerdictCache>),
 }
 
 impl std::fmt::Debug for JudgeCache {
@@ -49,57 +64,14 @@ impl std::fmt::Debug for JudgeCache {
                 .field("capacity", capacity)
                 .field("ttl", ttl)
                 .finish(),
-            Self::Kv(_) => f.write_str("Kv"),
+            Self::Shared(_) => f.write_str("Shared"),
         }
-    }
-}
-
-impl JudgeCache {
-    /// Opens (or creates) the KV bucket `bucket` with entries expiring after `ttl`.
-    ///
-    /// # Errors
-    /// [`JudgeError::Cache`] if the bucket can be neither opened nor created.
-    pub async fn kv(
-        js: &jetstream::Context,
-        bucket: &str,
-        ttl: Duration,
-    ) -> Result<Self, JudgeError> {
-        if let Ok(store) = js.get_key_value(bucket).await {
-            return Ok(Self::Kv(store));
-        }
-        // The KV stream is created directly: `create_key_value` first queries the account
-        // info, whose reply from nats-server 2.9 async-nats 0.51 cannot read. Same layout as
-        // async-nats' own KV buckets.
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("rewardfleet judge verdicts, content-addressed".to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: ttl,
-            duplicate_window: if ttl.is_zero() {
-                Duration::from_secs(120)
-            } else {
-                ttl.min(Duration::from_secs(120))
-            },
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| JudgeError::Cache(format!("cannot create KV bucket {bucket:?}: {e}")))?;
-        let store = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| JudgeError::Cache(format!("cannot open KV bucket {bucket:?}: {e}")))?;
-        Ok(Self::Kv(store))
     }
 }
 
 /// A cache key: SHA-256 over everything that decides the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct CacheKey([u8; 32]);
+pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
     /// `judge`: the endpoint's identity and sampling; `template`: the method's prompt version;
@@ -123,15 +95,21 @@ impl CacheKey {
         Self(h.finalize().into())
     }
 
-    fn hex(&self) -> String {
+    /// The key as 64 lowercase hex digits (a valid NATS KV key).
+    pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 }
 
 /// What the endpoint answered to one request, as the cache keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Answer {
+pub enum Answer {
     /// A verdict the method could read; kept for the judge's `cache_ttl`.
     #[serde(rename = "completion")]
     Verdict(Completion),
@@ -149,120 +127,104 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
-    fn is_failure(&self) -> bool {
+    /// Whether this is a kept failure (kept for `failure_cache_ttl`, not `cache_ttl`).
+    pub fn is_failure(&self) -> bool {
         !matches!(self, Self::Verdict(_))
     }
 }
 
-/// A KV entry. A verdict is stored as `{"stored_at", "completion"}`, the layout that workers
-/// which know no failures read; they skip the failure entries as unreadable.
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    /// Unix milliseconds when stored.
-    stored_at: u64,
-    #[serde(flatten)]
-    answer: Answer,
+/// An answer as a store keeps it: with when it was stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAnswer {
+    /// Unix milliseconds when it was stored.
+    pub stored_at: u64,
+    /// What the endpoint answered.
+    pub answer: Answer,
 }
 
-fn now_ms() -> u64 {
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The cache as judges use it (one per process, behind an `Arc`).
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Cache {
-    None,
-    Memory {
-        lru: Mutex<LruCache<CacheKey, (u64, Answer)>>,
-        ttl: Duration,
-    },
-    Kv(jetstream::kv::Store),
+/// The in-process LRU of embedded mode: at most `capacity` entries, each a miss once older than
+/// the cache's own `ttl`.
+pub struct MemoryCache {
+    lru: Mutex<LruCache<CacheKey, StoredAnswer>>,
+    ttl: Duration,
 }
 
-impl Cache {
-    pub(crate) fn new(cache: JudgeCache) -> Self {
-        match cache {
-            JudgeCache::None => Self::None,
-            JudgeCache::Memory { capacity, ttl } => match NonZeroUsize::new(capacity) {
-                Some(c) => Self::Memory {
-                    lru: Mutex::new(LruCache::new(c)),
-                    ttl,
-                },
-                None => Self::None,
-            },
-            JudgeCache::Kv(store) => Self::Kv(store),
+impl MemoryCache {
+    /// A cache of `capacity` entries that expire after `ttl`.
+    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
+        Self {
+            lru: Mutex::new(LruCache::new(capacity)),
+            ttl,
+        }
+    }
+}
+
+#[async_trait]
+impl VerdictCache for MemoryCache {
+    async fn get(&self, key: &CacheKey) -> Option<StoredAnswer> {
+        let mut lru = self.lru.lock().ok()?;
+        let stored = lru.get(key)?;
+        if now_ms().saturating_sub(stored.stored_at) < self.ttl.as_millis() as u64 {
+            Some(stored.clone())
+        } else {
+            lru.pop(key);
+            None
         }
     }
 
+    async fn put(&self, key: &CacheKey, stored: StoredAnswer) {
+        if let Ok(mut lru) = self.lru.lock() {
+            lru.put(*key, stored);
+        }
+    }
+}
+
+/// The cache as judges use it (one per process, behind an `Arc`).
+pub(crate) struct Cache(Option<Arc<dyn VerdictCache>>);
+
+impl Cache {
+    pub(crate) fn new(cache: JudgeCache) -> Self {
+        Self(match cache {
+            JudgeCache::None => None,
+            JudgeCache::Memory { capacity, ttl } => NonZeroUsize::new(capacity)
+                .map(|c| Arc::new(MemoryCache::new(c, ttl)) as Arc<dyn VerdictCache>),
+            JudgeCache::Shared(store) => Some(store),
+        })
+    }
+
     /// A stored answer still fresh: a verdict younger than `verdict_ttl`, a failure younger than
-    /// `failure_ttl` (and, in memory, either younger than the cache's own TTL).
+    /// `failure_ttl` (and younger than what the store itself keeps).
     pub(crate) async fn get(
         &self,
         key: &CacheKey,
         verdict_ttl: Duration,
         failure_ttl: Duration,
     ) -> Option<Answer> {
-        let fresh = |stored_at: u64, answer: &Answer, cap: Duration| {
-            let ttl = if answer.is_failure() {
-                failure_ttl
-            } else {
-                verdict_ttl
-            };
-            now_ms().saturating_sub(stored_at) < ttl.min(cap).as_millis() as u64
+        let stored = self.0.as_ref()?.get(key).await?;
+        let ttl = if stored.answer.is_failure() {
+            failure_ttl
+        } else {
+            verdict_ttl
         };
-        match self {
-            Self::None => None,
-            Self::Memory { lru, ttl: own } => {
-                let mut lru = lru.lock().ok()?;
-                let (stored_at, answer) = lru.get(key)?;
-                if fresh(*stored_at, answer, *own) {
-                    Some(answer.clone())
-                } else {
-                    lru.pop(key);
-                    None
-                }
-            }
-            Self::Kv(store) => match store.get(key.hex()).await {
-                Ok(Some(bytes)) => match serde_json::from_slice::<Entry>(&bytes) {
-                    Ok(e) if fresh(e.stored_at, &e.answer, Duration::MAX) => Some(e.answer),
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unreadable judge cache entry; treated as a miss");
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "judge cache read failed; treated as a miss");
-                    None
-                }
-            },
-        }
+        (now_ms().saturating_sub(stored.stored_at) < ttl.as_millis() as u64)
+            .then_some(stored.answer)
     }
 
     /// Keeps `answer` under `key` (replacing what was there).
     pub(crate) async fn put(&self, key: &CacheKey, answer: Answer) {
-        let stored_at = now_ms();
-        match self {
-            Self::None => {}
-            Self::Memory { lru, .. } => {
-                if let Ok(mut lru) = lru.lock() {
-                    lru.put(*key, (stored_at, answer));
-                }
-            }
-            Self::Kv(store) => {
-                let entry = Entry { stored_at, answer };
-                match serde_json::to_vec(&entry) {
-                    Ok(bytes) => {
-                        if let Err(e) = store.put(key.hex(), bytes.into()).await {
-                            tracing::warn!(error = %e, "judge cache write failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "judge cache entry not serialisable"),
-                }
-            }
+        if let Some(store) = &self.0 {
+            let stored = StoredAnswer {
+                stored_at: now_ms(),
+                answer,
+            };
+            store.put(key, stored).await;
         }
     }
 }
@@ -277,34 +239,6 @@ mod tests {
             logprobs: None,
             usage: Default::default(),
         }
-    }
-
-    #[test]
-    fn verdict_entries_keep_the_layout_older_workers_read() {
-        let entry = Entry {
-            stored_at: 7,
-            answer: Answer::Verdict(completion("{\"score\": 3}")),
-        };
-        let json: serde_json::Value =
-            serde_json::from_slice(&serde_json::to_vec(&entry).unwrap_or_default())
-                .unwrap_or_default();
-        assert_eq!(json["stored_at"], 7);
-        assert_eq!(json["completion"]["content"], "{\"score\": 3}");
-        // A failure has no `completion`: a worker that knows only verdicts reads it as a miss.
-        let refused = Entry {
-            stored_at: 7,
-            answer: Answer::Refused {
-                reason: "judge_rejected".into(),
-                message: "HTTP 400".into(),
-            },
-        };
-        let bytes = serde_json::to_vec(&refused).unwrap_or_default();
-        let back: Option<Entry> = serde_json::from_slice(&bytes).ok();
-        assert_eq!(back.map(|e| e.answer), Some(refused.answer));
-        assert!(
-            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default()["completion"]
-                .is_null()
-        );
     }
 
     #[tokio::test]
@@ -332,5 +266,32 @@ mod tests {
         assert!(cache.get(&failure, long, short).await.is_none());
         // A zero TTL reads nothing of that kind.
         assert!(cache.get(&verdict, Duration::ZERO, long).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn memory_entries_expire_with_the_caches_own_ttl() {
+        let cache = Cache::new(JudgeCache::Memory {
+            capacity: 8,
+            ttl: Duration::from_millis(50),
+        });
+        let req = ChatRequest {
+            messages: Vec::new(),
+            logprobs: false,
+            response_format: None,
+            deadline: tokio::time::Instant::now(),
+        };
+        let key = CacheKey::new("j", "a", &req);
+        cache.put(&key, Answer::Verdict(completion("7"))).await;
+        let long = Duration::from_secs(60);
+        assert!(cache.get(&key, long, long).await.is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(cache.get(&key, long, long).await.is_none());
+        // A capacity of 0 is no cache at all.
+        let none = Cache::new(JudgeCache::Memory {
+            capacity: 0,
+            ttl: long,
+        });
+        none.put(&key, Answer::Verdict(completion("7"))).await;
+        assert!(none.get(&key, long, long).await.is_none());
     }
 }

@@ -17,6 +17,7 @@
 //! | `anchor` | `0` | pairwise: index in the group of the anchor candidate |
 
 mod admission;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod breaker;
 mod cache;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use rewardfleet_core::config::{ComponentConfig, JudgeConfig};
 use rewardfleet_core::{ConfigProblem, Scorer};
 
-pub use cache::JudgeCache;
+pub use cache::{Answer, CacheKey, JudgeCache, MemoryCache, StoredAnswer, VerdictCache, now_ms};
 pub use client::{ChatRequest, ChatTurn, Completion, TokenLogprobs, TokenUsage};
 pub use injection::{INJECTION_FLAG, INJECTION_JUDGE_FLAG, INJECTION_SCREEN_FLAG};
 pub use judge::JudgeUsage;
@@ -67,7 +68,7 @@ pub enum JudgeError {
         /// What went wrong (never the key).
         message: String,
     },
-    /// The verdict cache could not be opened.
+    /// A verdict cache could not be opened (a shared store such as the fleet's KV bucket).
     #[error("judge cache: {0}")]
     Cache(String),
     /// No Tokio runtime is running (the judge stacks spawn their queue workers).
@@ -90,7 +91,7 @@ impl std::fmt::Debug for JudgeSet {
 
 impl JudgeSet {
     /// Builds every judge's stack. `api_keys`: judge name → key, read by the binary with
-    /// [`read_api_key`] (libraries never read the environment). Must run inside a Tokio runtime.
+    /// [`read_api_key`]. Must run inside a Tokio runtime.
     ///
     /// # Errors
     /// [`JudgeError::NoRuntime`] outside a runtime; [`JudgeError::Config`] if a judge's settings
@@ -178,23 +179,27 @@ impl JudgeSet {
     }
 }
 
-/// Reads a judge's API key from its `api_key_env` variable or `api_key_file` (relative to
-/// `base_dir`); `None` when it names neither. For binaries only: libraries never read the
-/// environment.
+/// Reads a judge's API key from its `api_key_env` variable, looked up with `env` (the binary
+/// passes `|var| std::env::var(var).ok()`: libraries never read the environment themselves), or
+/// from its `api_key_file` (relative to `base_dir`); `None` when it names neither.
 ///
 /// # Errors
 /// [`JudgeError::ApiKey`] if the variable is unset or empty, or the file cannot be read or is
 /// empty. The message never contains the key.
-pub fn read_api_key(judge: &JudgeConfig, base_dir: &Path) -> Result<Option<String>, JudgeError> {
+pub fn read_api_key(
+    judge: &JudgeConfig,
+    base_dir: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, JudgeError> {
     let fail = |message: String| JudgeError::ApiKey {
         judge: judge.name.clone(),
         message,
     };
     if let Some(var) = &judge.api_key_env {
-        return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
-            Ok(_) => Err(fail(format!("environment variable {var} is empty"))),
-            Err(_) => Err(fail(format!("environment variable {var} is not set"))),
+        return match env(var) {
+            Some(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+            Some(_) => Err(fail(format!("environment variable {var} is empty"))),
+            None => Err(fail(format!("environment variable {var} is not set"))),
         };
     }
     if let Some(file) = &judge.api_key_file {
@@ -210,4 +215,51 @@ pub fn read_api_key(judge: &JudgeConfig, base_dir: &Path) -> Result<Option<Strin
         };
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_come_from_the_lookup_or_the_file_and_never_show_in_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("key"), " sk-file \n").expect("writes the key");
+        let env = |var: &str| match var {
+            "SET" => Some(" sk-env ".to_owned()),
+            "EMPTY" => Some("  ".to_owned()),
+            _ => None,
+        };
+        let judge = |var: Option<&str>, file: Option<&str>| JudgeConfig {
+            name: "j".into(),
+            api_key_env: var.map(Into::into),
+            api_key_file: file.map(Into::into),
+            ..JudgeConfig::default()
+        };
+        let read = |j: JudgeConfig| read_api_key(&j, dir.path(), env);
+        assert_eq!(
+            read(judge(Some("SET"), None)).ok().flatten().as_deref(),
+            Some("sk-env")
+        );
+        assert_eq!(
+            read(judge(None, Some("key"))).ok().flatten().as_deref(),
+            Some("sk-file")
+        );
+        assert_eq!(read(judge(None, None)).ok().flatten(), None);
+        for (j, want) in [
+            (
+                judge(Some("EMPTY"), None),
+                "environment variable EMPTY is empty",
+            ),
+            (
+                judge(Some("UNSET"), None),
+                "environment variable UNSET is not set",
+            ),
+            (judge(None, Some("missing")), "missing"),
+        ] {
+            let err = read(j).expect_err(want).to_string();
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+            assert!(!err.contains("sk-"), "{err}");
+        }
+    }
 }

@@ -821,19 +821,6 @@ async fn a_redelivered_job_does_not_send_the_judge_what_it_refused() {
 }
 
 #[tokio::test]
-async fn a_job_redelivered_to_another_worker_does_not_send_the_judge_what_it_refused() {
-    let nats = rewardfleet_testkit::NatsServer::start().await.unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let fake = FakeJudge::start(refusing_fake()).await.unwrap();
-    let config = refusing_judge(&fake);
-    let cache = || JudgeCache::kv(&js, "RF_JUDGE_CACHE", Duration::from_secs(3600));
-    let worker_a = rig(std::slice::from_ref(&config), cache().await.unwrap());
-    let worker_b = rig(std::slice::from_ref(&config), cache().await.unwrap());
-    refused_once_across_a_redelivery(&fake, &worker_a, &worker_b).await;
-    drop(nats);
-}
-
-#[tokio::test]
 async fn without_a_failure_cache_ttl_a_refused_request_is_sent_again() {
     let fake = FakeJudge::start(FakeJudgeConfig {
         fault_rate: 1.0,
@@ -862,43 +849,6 @@ rubric = "helpful.md""#,
         assert_eq!(out[0].as_ref().unwrap_err().reason, "judge_rejected");
     }
     assert_eq!(fake.calls(), 2);
-}
-
-#[tokio::test]
-async fn nats_kv_cache_is_shared_by_judge_sets_and_hits_make_no_call() {
-    let nats = rewardfleet_testkit::NatsServer::start().await.unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let fake = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
-    let mut config = judge_config("j", &fake);
-    config.cache_ttl = Duration::from_secs(60);
-    // Two workers: two judge sets over one bucket.
-    let cache = JudgeCache::kv(&js, "RF_JUDGE_CACHE", Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let worker_a = rig(std::slice::from_ref(&config), cache.clone());
-    let worker_b = rig(
-        std::slice::from_ref(&config),
-        JudgeCache::kv(&js, "RF_JUDGE_CACHE", Duration::from_secs(3600))
-            .await
-            .unwrap(),
-    );
-    let toml_text = r#"scorer = "j"
-method = "rubric"
-rubric = "helpful.md""#;
-    let a = worker_a
-        .scorer(toml_text)
-        .score(&ctx("s"), &[candidate("a", "quality:4")])
-        .await;
-    let b = worker_b
-        .scorer(toml_text)
-        .score(&ctx("s"), &[candidate("a", "quality:4")])
-        .await;
-    assert!(close(value(&a[0]), 3.0 / 9.0));
-    assert_eq!(a, b);
-    assert_eq!(fake.calls(), 1);
-    assert_eq!(worker_b.set.usage()[0].cache_hits, 1);
-    drop(nats);
 }
 
 #[tokio::test]

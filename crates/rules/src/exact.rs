@@ -15,7 +15,7 @@ use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score};
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 use crate::text::Normalization;
 
 /// The kind as written in a profile.
@@ -40,12 +40,12 @@ impl ExactMatch {
     /// # Errors
     /// Unknown or ill-typed parameters.
     pub fn from_params(table: &toml::Table) -> Result<Self, Vec<ConfigProblem>> {
-        let mut p = Params::new(KIND, table, ALLOWED);
+        let mut p = rule_params(KIND, table, ALLOWED);
         let normalization = Normalization {
-            ignore_case: p.bool("ignore_case", true),
-            collapse_whitespace: p.bool("collapse_whitespace", true),
-            strip_punctuation: p.bool("strip_punctuation", false),
-            trim: p.bool("trim", true),
+            ignore_case: p.get_bool("ignore_case").unwrap_or(true),
+            collapse_whitespace: p.get_bool("collapse_whitespace").unwrap_or(true),
+            strip_punctuation: p.get_bool("strip_punctuation").unwrap_or(false),
+            trim: p.get_bool("trim").unwrap_or(true),
         };
         p.finish()?;
         Ok(Self { normalization })

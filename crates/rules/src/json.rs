@@ -22,7 +22,7 @@ use rewardfleet_core::{Candidate, ConfigProblem, Score};
 use serde_json::Value;
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 
 /// The kind as written in a profile.
 pub const KIND: &str = "json_valid";
@@ -48,8 +48,8 @@ impl JsonValid {
     /// Unknown or ill-typed parameters; both `schema` and `schema_file`; a schema file that cannot
     /// be read or is not JSON; a schema that is not a valid JSON Schema.
     pub fn from_params(table: &toml::Table, base_dir: &Path) -> Result<Self, Vec<ConfigProblem>> {
-        let mut p = Params::new(KIND, table, ALLOWED);
-        let allow_fenced = p.bool("allow_fenced", false);
+        let mut p = rule_params(KIND, table, ALLOWED);
+        let allow_fenced = p.get_bool("allow_fenced").unwrap_or(false);
         let inline = p
             .raw("schema")
             .and_then(|value| match inline_schema(value) {
@@ -59,7 +59,7 @@ impl JsonValid {
                     None
                 }
             });
-        let file = p.optional_str("schema_file", "a path to a JSON Schema file (string)");
+        let file = p.get_str("schema_file", "a path to a JSON Schema file (string)");
         let (key, schema) = match (inline, file) {
             (Some(_), Some(_)) => {
                 p.problem("schema_file", "give `schema` or `schema_file`, not both");

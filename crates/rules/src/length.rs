@@ -20,7 +20,7 @@ use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score};
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 
 /// The kind that counts characters.
 pub const MAX_CHARS: &str = "max_chars";
@@ -81,23 +81,24 @@ impl LengthLimit {
             Measure::Chars => MAX_CHARS,
             Measure::Tokens => MAX_TOKENS,
         };
-        let mut p = Params::new(kind, table, ALLOWED);
-        let limit = p.required_count("limit", "the most units allowed (an integer ≥ 1)");
+        let mut p = rule_params(kind, table, ALLOWED);
+        let limit = p.require_count("limit", "the most units allowed (an integer ≥ 1)");
         if limit == Some(0) {
             p.problem("limit", "0 is not allowed; use an integer ≥ 1");
         }
-        let min = p.optional_count("min").unwrap_or(0);
+        let min = p.get_count("min").unwrap_or(0);
         if let Some(limit) = limit
             && min > limit
         {
             p.problem("min", format!("{min} is above limit = {limit}"));
         }
-        let shape = p.choice(
-            "penalty",
-            &[("hard", PenaltyKind::Hard), ("linear", PenaltyKind::Linear)],
-            PenaltyKind::Hard,
-        );
-        let tolerance = p.optional_count("tolerance");
+        let shape = p
+            .get_choice(
+                "penalty",
+                &[("hard", PenaltyKind::Hard), ("linear", PenaltyKind::Linear)],
+            )
+            .unwrap_or(PenaltyKind::Hard);
+        let tolerance = p.get_count("tolerance");
         let penalty = match (shape, tolerance) {
             (PenaltyKind::Hard, None) => Penalty::Hard,
             (PenaltyKind::Hard, Some(_)) => {

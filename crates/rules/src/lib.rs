@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rewardfleet_core::config::ComponentConfig;
+use rewardfleet_core::config::{ComponentConfig, Params};
 use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, ScoreContext, ScoreError, Scorer};
 
@@ -28,7 +28,6 @@ pub mod exact;
 pub mod json;
 pub mod length;
 pub mod math;
-mod params;
 pub mod pattern;
 pub mod phrases;
 mod text;
@@ -94,6 +93,14 @@ pub fn build(
             format!("unknown rule {other:?}; known: {}", KINDS.join(", ")),
         )]),
     }
+}
+
+/// The reader of a rule's parameters: every key not in `allowed` is a problem at once, and
+/// messages name the rule (`rule max_chars needs `limit`: …`).
+pub(crate) fn rule_params<'a>(kind: &str, table: &'a toml::Table, allowed: &[&str]) -> Params<'a> {
+    let mut params = Params::new(format!("rule {kind}"), table);
+    params.reject_unknown(allowed);
+    params
 }
 
 fn scorer<R: Rule>(rule: R) -> Arc<dyn Scorer> {

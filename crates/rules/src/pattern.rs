@@ -15,7 +15,7 @@ use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score};
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 
 /// The kind as written in a profile.
 pub const KIND: &str = "regex";
@@ -47,15 +47,13 @@ impl RegexMatch {
     /// # Errors
     /// Unknown or ill-typed parameters; a pattern that is invalid or too big, at `pattern`.
     pub fn from_params(table: &toml::Table) -> Result<Self, Vec<ConfigProblem>> {
-        let mut p = Params::new(KIND, table, ALLOWED);
-        let pattern = p.required_str("pattern", "a regular expression (string)");
-        let mode = p.choice(
-            "mode",
-            &[("search", Mode::Search), ("full", Mode::Full)],
-            Mode::Search,
-        );
-        let negate = p.bool("negate", false);
-        let ignore_case = p.bool("ignore_case", false);
+        let mut p = rule_params(KIND, table, ALLOWED);
+        let pattern = p.require_str("pattern", "a regular expression (string)");
+        let mode = p
+            .get_choice("mode", &[("search", Mode::Search), ("full", Mode::Full)])
+            .unwrap_or(Mode::Search);
+        let negate = p.get_bool("negate").unwrap_or(false);
+        let ignore_case = p.get_bool("ignore_case").unwrap_or(false);
         let regex = pattern.and_then(|pattern| match compile(pattern, mode, ignore_case) {
             Ok(regex) => Some(regex),
             Err(message) => {

@@ -18,7 +18,7 @@ use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score};
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 use crate::text::Normalization;
 
 /// The kind as written in a profile.
@@ -51,13 +51,13 @@ impl Phrases {
     /// # Errors
     /// Unknown or ill-typed parameters, no phrase at all, an empty phrase.
     pub fn from_params(table: &toml::Table) -> Result<Self, Vec<ConfigProblem>> {
-        let mut p = Params::new(KIND, table, ALLOWED);
-        let required = p.string_list("required");
-        let forbidden = p.string_list("forbidden");
-        let ignore_case = p.bool("ignore_case", true);
-        let collapse_whitespace = p.bool("collapse_whitespace", true);
-        let whole_words = p.bool("whole_words", false);
-        let partial = p.bool("partial", false);
+        let mut p = rule_params(KIND, table, ALLOWED);
+        let required = p.get_str_list("required").unwrap_or_default();
+        let forbidden = p.get_str_list("forbidden").unwrap_or_default();
+        let ignore_case = p.get_bool("ignore_case").unwrap_or(true);
+        let collapse_whitespace = p.get_bool("collapse_whitespace").unwrap_or(true);
+        let whole_words = p.get_bool("whole_words").unwrap_or(false);
+        let partial = p.get_bool("partial").unwrap_or(false);
         let normalization = Normalization {
             ignore_case,
             collapse_whitespace,

@@ -1,11 +1,16 @@
 //! Builds the scorers of every profile from the configuration: rules, remote judges and local
 //! reward models, each model or judge created once and shared by the profiles that use it.
+//! [`kv_cache`] keeps the judges' verdicts in the fleet's NATS KV bucket.
+
+pub mod kv_cache;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rewardfleet_core::config::{ComponentConfig, Config, ConfigProblem, ProfileConfig};
+use rewardfleet_core::config::{
+    ComponentConfig, ComponentSource, Config, ConfigProblem, Params, ProfileConfig,
+};
 use rewardfleet_core::profile::Profiles;
 use rewardfleet_core::{Component, ComponentKind, Pipeline, Profile, Scorer};
 use rewardfleet_judge::{JudgeCache, JudgeSet};
@@ -66,7 +71,7 @@ fn build_component(
     config: &Config,
     sources: &[&dyn ScorerSource],
 ) -> Result<(Arc<dyn Scorer>, ComponentKind), Vec<ConfigProblem>> {
-    if c.rule.is_some() {
+    if let Some(ComponentSource::Rule(_)) = c.source() {
         return rewardfleet_rules::build(c, &config.base_dir).map(|s| (s, ComponentKind::Rule));
     }
     match sources
@@ -96,10 +101,10 @@ fn fallback_problems(
 ) -> impl Iterator<Item = ConfigProblem> {
     let table = c.fallback_is_table();
     let name = c.fallback.clone().unwrap_or_default();
-    let primary_is_judge = c
-        .scorer
-        .as_deref()
-        .is_some_and(|s| config.judge.iter().any(|j| j.name == s));
+    let primary_is_judge = matches!(
+        c.source(),
+        Some(ComponentSource::Scorer(s)) if config.scorer_kind(s) == Some(ComponentKind::Judge)
+    );
     let path = format!("{path}.fallback");
     problems.into_iter().map(move |p| {
         if table {
@@ -141,7 +146,7 @@ fn build_profile(
     config: &Config,
     sources: &[&dyn ScorerSource],
 ) -> Result<Profile, Vec<ConfigProblem>> {
-    let is_judge = |n: &str| config.judge.iter().any(|j| j.name == n);
+    let is_judge = |n: &str| config.scorer_kind(n) == Some(ComponentKind::Judge);
     let mut problems = Vec::new();
     let mut components = Vec::new();
     for (i, c) in profile.components.iter().enumerate() {
@@ -206,13 +211,11 @@ pub fn check(config: &Config) -> Vec<ConfigProblem> {
 
 /// The parameters a model component may have: none.
 fn model_params(component: &ComponentConfig, name: &str) -> Result<(), Vec<ConfigProblem>> {
-    match component.params.keys().next() {
-        Some(key) => Err(vec![ConfigProblem::new(
-            key.clone(),
-            format!("unknown parameter for model component {name:?}; a model takes none"),
-        )]),
-        None => Ok(()),
-    }
+    let mut params = Params::new(format!("model component {name:?}"), &component.params);
+    params.reject_unknown_with(&[], |_| {
+        format!("unknown parameter for model component {name:?}; a model takes none")
+    });
+    params.finish()
 }
 
 /// The `[[model]]`s of a configuration, not loaded: [`check`] builds profiles with them to see

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rewardfleet_core::ScoreError;
 use tokio::sync::oneshot;
 
-use crate::engine::Counters;
+use crate::stats::Counters;
 use crate::text::Encoder;
 
 /// What a replica answers for one text: the logit (`[x]`) or the pooled vector.

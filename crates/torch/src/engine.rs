@@ -3,17 +3,18 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 use rewardfleet_core::ScoreError;
-use rewardfleet_core::config::{ModelConfig, ModelKind, Pooling};
+use rewardfleet_core::config::{self, Dtype, ModelConfig, ModelKind, Pooling};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use crate::TorchError;
 use crate::batcher::{Batch, Msg};
 use crate::error::brief;
+use crate::stats::Counters;
 
 /// What went wrong in one forward pass.
 #[derive(Debug, Clone)]
@@ -38,44 +39,38 @@ impl From<tch::TchError> for ForwardError {
     }
 }
 
-/// Parses `device` and `dtype` of a model config into libtorch's terms.
+/// The `device` and `dtype` of a model config in libtorch's terms, checked against what this
+/// process can run.
 ///
 /// # Errors
-/// [`TorchError::Unsupported`] when the device is malformed or absent, or the dtype is not
-/// offered on it.
+/// [`TorchError::Unsupported`] when the CUDA device is absent, or the dtype is not offered on
+/// the device.
 pub fn device_and_kind(cfg: &ModelConfig) -> Result<(Device, Kind), TorchError> {
     let unsupported = |message: String| TorchError::Unsupported {
         model: cfg.name.clone(),
         message,
     };
-    let device = if cfg.device == "cpu" {
-        Device::Cpu
-    } else if let Some(n) = cfg
-        .device
-        .strip_prefix("cuda:")
-        .and_then(|n| n.parse::<usize>().ok())
-    {
-        let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
-        if n >= count {
-            return Err(unsupported(format!(
-                "device {} asked for, but libtorch sees {count} CUDA device(s) (a CPU-only build, no GPU, or libtorch_cuda not linked)",
-                cfg.device
-            )));
+    let device = match cfg.device {
+        config::Device::Cpu => Device::Cpu,
+        config::Device::Cuda(n) => {
+            let count = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            if n >= count {
+                return Err(unsupported(format!(
+                    "device {} asked for, but libtorch sees {count} CUDA device(s) (a CPU-only build, no GPU, or libtorch_cuda not linked)",
+                    cfg.device
+                )));
+            }
+            Device::Cuda(n)
         }
-        Device::Cuda(n)
-    } else {
-        return Err(unsupported(format!(
-            "device {:?} is not \"cpu\" or \"cuda:N\"",
-            cfg.device
-        )));
     };
-    let kind = match (cfg.dtype.as_str(), device) {
-        ("f32", _) => Kind::Float,
-        ("bf16", _) => Kind::BFloat16,
-        ("f16", Device::Cuda(_)) => Kind::Half,
+    let kind = match (cfg.dtype, device) {
+        (Dtype::F32, _) => Kind::Float,
+        (Dtype::Bf16, _) => Kind::BFloat16,
+        (Dtype::F16, Device::Cuda(_)) => Kind::Half,
         (other, _) => {
             return Err(unsupported(format!(
-                "dtype {other:?} is not offered on {}; use f32 or bf16 (f16 on CUDA only)",
+                "dtype {:?} is not offered on {}; use f32 or bf16 (f16 on CUDA only)",
+                other.as_str(),
                 cfg.device
             )));
         }
@@ -326,23 +321,6 @@ fn first_tensor(v: IValue) -> Option<Tensor> {
         }
         _ => None,
     }
-}
-
-/// Counters a model keeps about its forward passes (read by the benchmark and metrics).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Batches run.
-    pub batches: AtomicU64,
-    /// Sequences run.
-    pub sequences: AtomicU64,
-    /// Real tokens run.
-    pub tokens: AtomicU64,
-    /// Padded tokens run (batch × width).
-    pub padded_tokens: AtomicU64,
-    /// Sequences skipped because their requester had gone.
-    pub skipped: AtomicU64,
-    /// Nanoseconds spent in forward passes.
-    pub forward_nanos: AtomicU64,
 }
 
 /// A replica: the shared engine, run on this OS thread.

@@ -8,10 +8,12 @@
 //! worker's readiness.
 
 mod batcher;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod engine;
 mod error;
 mod model;
+mod stats;
 mod text;
 
 use std::collections::HashMap;

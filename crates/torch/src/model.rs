@@ -8,14 +8,15 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread;
 
 use async_trait::async_trait;
-use rewardfleet_core::config::{ModelConfig, ModelKind};
+use rewardfleet_core::config::{Device, Dtype, ModelConfig, ModelKind};
 use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, Score, ScoreContext, ScoreError, Scorer};
 use tokio::sync::oneshot;
 
 use crate::TorchError;
 use crate::batcher::{Admission, Batcher, BatcherSettings, Msg, Reply, Request};
-use crate::engine::{Counters, Engine, Replica, default_threads, probe};
+use crate::engine::{Engine, Replica, default_threads, probe};
+use crate::stats::Counters;
 use crate::text::{Encoder, render};
 
 /// A snapshot of a model's counters.
@@ -188,7 +189,10 @@ impl RewardModel {
                 model: name.clone(),
                 message: e.to_string(),
             })?;
-        if cfg.dtype == "bf16" && cfg.device == "cpu" && !crate::engine::cpu_has_native_bf16() {
+        if cfg.dtype == Dtype::Bf16
+            && cfg.device == Device::Cpu
+            && !crate::engine::cpu_has_native_bf16()
+        {
             tracing::warn!(model = %name, "dtype bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): expect it to run slower than f32");
         }
         tracing::info!(model = %name, replicas, threads, device = %cfg.device, dtype = %cfg.dtype, "reward model ready");

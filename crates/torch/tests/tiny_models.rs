@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rewardfleet_core::config::{ModelConfig, ModelKind, Pooling, TruncationSide};
+use rewardfleet_core::config::{Device, Dtype, ModelConfig, ModelKind, Pooling, TruncationSide};
 use rewardfleet_core::{Candidate, ScoreContext, Scorer};
 use rewardfleet_torch::{ModelSet, TorchError};
 use serde_json::Value;
@@ -418,14 +418,14 @@ fn load_errors_name_the_model_and_the_cause() {
         ),
         (
             ModelConfig {
-                device: "cuda:0".into(),
+                device: Device::Cuda(0),
                 ..cfg("m", "scalar.pt", ModelKind::Scalar)
             },
             &["model m: device cuda:0 asked for"],
         ),
         (
             ModelConfig {
-                dtype: "f16".into(),
+                dtype: Dtype::F16,
                 ..cfg("m", "scalar.pt", ModelKind::Scalar)
             },
             &["model m: dtype \"f16\" is not offered on cpu"],
@@ -449,7 +449,7 @@ async fn bf16_on_cpu_runs_close_to_f32() {
     // The tiny models hold an int64 `position_ids` buffer, like Hugging Face models: only the
     // floating-point parameters may be cast.
     let set = load(vec![ModelConfig {
-        dtype: "bf16".into(),
+        dtype: Dtype::Bf16,
         ..cfg("rm", "scalar.pt", ModelKind::Scalar)
     }])
     .await

@@ -5,6 +5,7 @@
 
 mod judge;
 mod model;
+pub mod params;
 mod profile;
 
 use std::collections::BTreeMap;
@@ -15,8 +16,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use judge::{JudgeConfig, SamplingConfig};
-pub use model::{ModelConfig, ModelKind, Pooling, TruncationSide};
-pub use profile::{ComponentConfig, NormalizeKind, OnFailure, PANEL_PARAMS, ProfileConfig};
+pub use model::{Device, Dtype, ModelConfig, ModelKind, Pooling, TruncationSide};
+pub use params::Params;
+pub use profile::{
+    ComponentConfig, ComponentKind, ComponentSource, NormalizeKind, OnFailure, PANEL_PARAMS,
+    ProfileConfig,
+};
 
 use crate::input::Limits;
 use crate::job::JobBounds;
@@ -357,8 +362,8 @@ impl Config {
                 ),
             ));
         }
-        self.limits.problems("limits", &mut p);
-        self.jobs.problems("jobs", &self.limits, &mut p);
+        limits_problems(&self.limits, "limits", &mut p);
+        job_bounds_problems(&self.jobs, "jobs", &self.limits, &mut p);
         if !is_nats_token(&self.worker.pool) {
             p.push(ConfigProblem::new(
                 "worker.pool",
@@ -455,6 +460,73 @@ impl Config {
     /// Whether the fleet runs in one process (no `[nats]`).
     pub fn is_embedded(&self) -> bool {
         self.nats.is_none()
+    }
+
+    /// What kind of scorer `name` is: a `[[model]]` or a `[[judge]]` of this configuration.
+    pub fn scorer_kind(&self, name: &str) -> Option<ComponentKind> {
+        if self.model.iter().any(|m| m.name == name) {
+            Some(ComponentKind::Model)
+        } else if self.judge.iter().any(|j| j.name == name) {
+            Some(ComponentKind::Judge)
+        } else {
+            None
+        }
+    }
+
+    /// What scores `component`: a rule, or the model or judge it names. A component that names
+    /// a scorer this configuration does not declare counts as a judge (as `ListProfiles` shows
+    /// it); [`Config::problems`] reports it.
+    pub fn component_kind(&self, component: &ComponentConfig) -> ComponentKind {
+        match component.source() {
+            Some(ComponentSource::Scorer(name)) => {
+                self.scorer_kind(name).unwrap_or(ComponentKind::Judge)
+            }
+            Some(ComponentSource::Rule(_)) | None => ComponentKind::Rule,
+        }
+    }
+}
+
+/// Problems of `[limits]`: every limit must be at least 1.
+fn limits_problems(limits: &Limits, path: &str, p: &mut Vec<ConfigProblem>) {
+    for (key, value) in [
+        ("max_batch_candidates", limits.max_batch_candidates),
+        ("max_group_size", limits.max_group_size),
+        ("max_response_bytes", limits.max_response_bytes),
+        ("max_prompt_messages", limits.max_prompt_messages),
+        ("max_prompt_bytes", limits.max_prompt_bytes),
+        ("max_reference_bytes", limits.max_reference_bytes),
+        ("max_id_bytes", limits.max_id_bytes),
+    ] {
+        if value == 0 {
+            p.push(ConfigProblem::new(
+                format!("{path}.{key}"),
+                "must be at least 1",
+            ));
+        }
+    }
+}
+
+/// Problems of `[jobs]`: a whole group must fit in one job, and a job in one NATS message.
+fn job_bounds_problems(
+    bounds: &JobBounds,
+    path: &str,
+    limits: &Limits,
+    p: &mut Vec<ConfigProblem>,
+) {
+    if bounds.max_candidates < limits.max_group_size {
+        p.push(ConfigProblem::new(
+            format!("{path}.max_candidates"),
+            format!(
+                "{} is less than limits.max_group_size ({}); a whole group must fit in one job",
+                bounds.max_candidates, limits.max_group_size
+            ),
+        ));
+    }
+    if bounds.max_bytes < 4096 || bounds.max_bytes > 8 * 1024 * 1024 {
+        p.push(ConfigProblem::new(
+            format!("{path}.max_bytes"),
+            "must be between 4 KiB and 8 MiB (and below the server's max_payload)",
+        ));
     }
 }
 

@@ -20,9 +20,9 @@ pub struct ModelConfig {
     /// What the model outputs and how it becomes a reward.
     pub kind: ModelKind,
     /// `cpu` or `cuda:N`.
-    pub device: String,
+    pub device: Device,
     /// `f32` or `bf16` on CPU; `f32`, `bf16` or `f16` on CUDA.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Padded tokens per forward pass (batch size × longest sequence); 0: chosen by device
     /// ([`ModelConfig::batch_token_budget`]).
     pub max_batch_tokens: usize,
@@ -61,8 +61,8 @@ impl Default for ModelConfig {
             path: PathBuf::new(),
             tokenizer: PathBuf::new(),
             kind: ModelKind::Scalar,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: Device::Cpu,
+            dtype: Dtype::F32,
             max_batch_tokens: 0,
             max_length: 512,
             truncation_side: TruncationSide::Left,
@@ -74,6 +74,120 @@ impl Default for ModelConfig {
             replicas: 1,
             queue_capacity: 4096,
             token_type_ids: false,
+        }
+    }
+}
+
+/// Where a model runs: written `"cpu"` or `"cuda:N"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// The CUDA device with this index.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Whether this is a CUDA device.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Self::Cuda(_))
+    }
+
+    /// The dtypes a model may run in on this device.
+    pub fn dtypes(self) -> &'static [Dtype] {
+        match self {
+            Self::Cpu => &[Dtype::F32, Dtype::Bf16],
+            Self::Cuda(_) => &[Dtype::F32, Dtype::Bf16, Dtype::F16],
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// Parses `"cpu"` or `"cuda:N"`.
+    ///
+    /// # Errors
+    /// A message naming the value and the forms allowed.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "cpu" {
+            return Ok(Self::Cpu);
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Self::Cuda)
+            .ok_or_else(|| format!("{s:?} is not allowed; use \"cpu\" or \"cuda:N\""))
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> Self {
+        d.to_string()
+    }
+}
+
+/// The floating-point type a model's parameters run in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// 32-bit floats (as the model was saved).
+    #[default]
+    F32,
+    /// bfloat16: on CPUs with AMX or AVX512-BF16, and on CUDA.
+    Bf16,
+    /// IEEE half precision: CUDA only.
+    F16,
+}
+
+impl Dtype {
+    /// The name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    /// Parses `"f32"`, `"bf16"` or `"f16"`.
+    ///
+    /// # Errors
+    /// A message naming the value and the dtypes allowed.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("{other:?} is not allowed; use f32, bf16 or f16")),
         }
     }
 }
@@ -128,7 +242,7 @@ impl ModelConfig {
         if self.max_batch_tokens != 0 {
             return self.max_batch_tokens;
         }
-        let by_device = if self.device == "cpu" {
+        let by_device = if self.device == Device::Cpu {
             CPU_BATCH_TOKENS
         } else {
             GPU_BATCH_TOKENS
@@ -190,33 +304,16 @@ impl ModelConfig {
                 ));
             }
         }
-        let device_ok = self.device == "cpu"
-            || self
-                .device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
-        if !device_ok {
-            p.push(ConfigProblem::new(
-                format!("{path}.device"),
-                format!(
-                    "{:?} is not allowed; use \"cpu\" or \"cuda:N\"",
-                    self.device
-                ),
-            ));
-        }
-        let allowed: &[&str] = if self.device.starts_with("cuda:") {
-            &["f32", "bf16", "f16"]
-        } else {
-            &["f32", "bf16"]
-        };
-        if !allowed.contains(&self.dtype.as_str()) {
+        let allowed = self.device.dtypes();
+        if !allowed.contains(&self.dtype) {
+            let names: Vec<&str> = allowed.iter().map(|d| d.as_str()).collect();
             p.push(ConfigProblem::new(
                 format!("{path}.dtype"),
                 format!(
                     "{:?} is not allowed on {}; use one of {}",
-                    self.dtype,
+                    self.dtype.as_str(),
                     self.device,
-                    allowed.join(", ")
+                    names.join(", ")
                 ),
             ));
         }
@@ -299,8 +396,7 @@ mod tests {
     #[test]
     fn every_field_is_checked_with_its_key_path() {
         let cfg = ModelConfig {
-            device: "gpu".into(),
-            dtype: "f16".into(),
+            dtype: Dtype::F16,
             max_length: 1,
             template: "{promt} {response}".into(),
             max_wait: Duration::from_secs(5),
@@ -314,8 +410,7 @@ mod tests {
             "model[0].name: must not be empty",
             "model[0].path: must be set",
             "model[0].tokenizer: must be set",
-            "model[0].device: \"gpu\" is not allowed",
-            "model[0].dtype: \"f16\" is not allowed on gpu",
+            "model[0].dtype: \"f16\" is not allowed on cpu; use one of f32, bf16",
             "model[0].max_length: must be at least 2",
             "model[0].template: unknown placeholder {promt}",
             "model[0].max_wait: 5s is too long",
@@ -342,7 +437,7 @@ mod tests {
                 .all(|p| !p.contains("max_batch_tokens"))
         );
         let gpu = ModelConfig {
-            device: "cuda:0".into(),
+            device: Device::Cuda(0),
             ..ModelConfig::default()
         };
         assert_eq!(gpu.batch_token_budget(), GPU_BATCH_TOKENS);
@@ -363,6 +458,33 @@ mod tests {
             "{:?}",
             problems(&too_small)
         );
+    }
+
+    #[test]
+    fn device_and_dtype_parse_from_their_written_forms() {
+        let cfg: ModelConfig =
+            toml::from_str("device = \"cuda:1\"\ndtype = \"f16\"").expect("parses");
+        assert_eq!((cfg.device, cfg.dtype), (Device::Cuda(1), Dtype::F16));
+        assert!(problems(&cfg).iter().all(|p| !p.contains("dtype")));
+        assert_eq!(cfg.device.to_string(), "cuda:1");
+        let text = toml::to_string(&cfg).expect("serialises");
+        assert!(
+            text.contains("device = \"cuda:1\"\ndtype = \"f16\""),
+            "{text}"
+        );
+        for (text, want) in [
+            (
+                "device = \"gpu\"",
+                "\"gpu\" is not allowed; use \"cpu\" or \"cuda:N\"",
+            ),
+            ("device = \"cuda:x\"", "\"cuda:x\" is not allowed"),
+            ("dtype = \"f64\"", "f64"),
+        ] {
+            let err = toml::from_str::<ModelConfig>(text)
+                .expect_err(text)
+                .to_string();
+            assert!(err.contains(want), "{want:?} not in {err}");
+        }
     }
 
     #[test]

@@ -53,6 +53,39 @@ pub struct ComponentConfig {
     pub params: toml::Table,
 }
 
+/// What kind of scorer a component uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    /// A rule-based verifier.
+    Rule,
+    /// A local reward model.
+    Model,
+    /// A remote LLM judge.
+    Judge,
+}
+
+impl ComponentKind {
+    /// The name used by `ListProfiles`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rule => "rule",
+            Self::Model => "model",
+            Self::Judge => "judge",
+        }
+    }
+}
+
+/// What a component names as its scorer, as written: `rule = "<kind>"` or
+/// `scorer = "<model or judge>"`. Whether a scorer is a model or a judge is the configuration's
+/// to say ([`super::Config::component_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentSource<'a> {
+    /// A rule by kind (`exact_match`, `max_chars`, …).
+    Rule(&'a str),
+    /// A `[[model]]` or `[[judge]]` by name.
+    Scorer(&'a str),
+}
+
 /// Judge parameters that make a component a panel; a fallback given by name is one judge and
 /// does not inherit them.
 pub const PANEL_PARAMS: &[&str] = &["panel", "aggregate", "disagreement_threshold"];
@@ -180,6 +213,17 @@ impl ComponentConfig {
             fallback: None,
             fallback_params: None,
             params,
+        }
+    }
+
+    /// What this component names as its scorer: its `rule` when it has one, else its `scorer`;
+    /// `None` when it names neither. (A component that names both is reported by the profile's
+    /// checks; it is built as the rule.)
+    pub fn source(&self) -> Option<ComponentSource<'_>> {
+        match (self.rule.as_deref(), self.scorer.as_deref()) {
+            (Some(rule), _) => Some(ComponentSource::Rule(rule)),
+            (None, Some(scorer)) => Some(ComponentSource::Scorer(scorer)),
+            (None, None) => None,
         }
     }
 

@@ -34,7 +34,7 @@ use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score, ScoreError};
 
 use crate::Rule;
-use crate::params::Params;
+use crate::rule_params;
 use latex::TextGroups;
 
 /// The kind as written in a profile.
@@ -58,11 +58,9 @@ impl MathAnswer {
     /// # Errors
     /// Unknown or ill-typed parameters, a negative or non-finite tolerance.
     pub fn from_params(table: &toml::Table) -> Result<Self, Vec<ConfigProblem>> {
-        let mut p = Params::new(KIND, table, ALLOWED);
-        let tolerance = p
-            .optional_non_negative("tolerance")
-            .unwrap_or(DEFAULT_TOLERANCE);
-        let require_boxed = p.bool("require_boxed", false);
+        let mut p = rule_params(KIND, table, ALLOWED);
+        let tolerance = p.get_non_negative("tolerance").unwrap_or(DEFAULT_TOLERANCE);
+        let require_boxed = p.get_bool("require_boxed").unwrap_or(false);
         p.finish()?;
         Ok(Self {
             tolerance,
