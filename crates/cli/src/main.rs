@@ -180,6 +180,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     }
     let total = candidates.len();
     let mut judges = None;
+    let mut models = fleet::Models::default();
 
     let mut transport = match &args.gateway {
         Some(url) => client::Transport::Remote(
@@ -203,6 +204,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
             config.nats = None;
             let embedded = fleet::Embedded::start(&config).await?;
             judges = embedded.judges.clone();
+            models = embedded.models.clone();
             client::Transport::Embedded(embedded.gateway.clone())
         }
     };
@@ -259,6 +261,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(judges) = &judges {
         summary.judges(judges.usage());
     }
+    summary.models(models.usage());
     eprint!("{summary}");
     if !missing.is_empty() {
         let mut named = missing.clone();
