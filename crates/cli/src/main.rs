@@ -247,8 +247,11 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     }
     sink.flush()?;
     summary.finish(started.elapsed());
-    if let Some(judges) = embedded.as_ref().and_then(|e| e.judges.as_ref()) {
-        summary.judges(judges.usage());
+    if let Some(embedded) = &embedded {
+        if let Some(judges) = &embedded.judges {
+            summary.judges(judges.usage());
+        }
+        summary.models(embedded.models.usage());
     }
     eprint!("{summary}");
     if let Some(embedded) = embedded {

@@ -71,12 +71,67 @@ impl fmt::Debug for Secrets {
     }
 }
 
-/// Every profile's scorers, and the judges behind them (for their usage).
+/// Every profile's scorers, and the judges and models behind them (for their usage).
 pub struct Scorers {
     /// The profiles, ready to score.
     pub pipeline: Pipeline,
     /// The judges, when the configuration has any.
     pub judges: Option<Arc<JudgeSet>>,
+    /// The local models (none when the configuration has none).
+    pub models: Models,
+}
+
+/// What one local model has run so far (warm-up not included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUsage {
+    /// The model's name.
+    pub model: String,
+    /// Forward passes.
+    pub batches: u64,
+    /// Sequences (texts) run.
+    pub sequences: u64,
+    /// Real tokens run.
+    pub tokens: u64,
+    /// Padded tokens run (batch × longest sequence).
+    pub padded_tokens: u64,
+}
+
+/// The local models of a process, shared with the profiles that use them; cheap to clone. Always
+/// empty in a build without libtorch.
+#[derive(Clone, Default)]
+pub struct Models {
+    #[cfg(feature = "torch")]
+    set: Option<rewardfleet_torch::ModelSet>,
+}
+
+impl Models {
+    /// The models as a source of profile components, when there are any.
+    fn source(&self) -> Option<&dyn ScorerSource> {
+        #[cfg(feature = "torch")]
+        if let Some(set) = &self.set {
+            return Some(set);
+        }
+        None
+    }
+
+    /// What each model has run so far, in name order.
+    pub fn usage(&self) -> Vec<ModelUsage> {
+        #[cfg(feature = "torch")]
+        if let Some(set) = &self.set {
+            return set
+                .stats()
+                .into_iter()
+                .map(|(model, s)| ModelUsage {
+                    model,
+                    batches: s.batches,
+                    sequences: s.sequences,
+                    tokens: s.tokens,
+                    padded_tokens: s.padded_tokens,
+                })
+                .collect();
+        }
+        Vec::new()
+    }
 }
 
 /// Builds every profile's scorers: loads models (warm before this returns), sets up judges with
@@ -90,9 +145,9 @@ pub async fn scorers(
     secrets: &Secrets,
 ) -> Result<Scorers, FleetError> {
     let models = if config.model.is_empty() {
-        None
+        Models::default()
     } else {
-        Some(load_models(config).await?)
+        load_models(config).await?
     };
     let judges = if config.judge.is_empty() {
         None
@@ -116,20 +171,24 @@ pub async fn scorers(
         )?))
     };
     let mut sources: Vec<&dyn ScorerSource> = Vec::new();
-    if let Some(m) = &models {
-        sources.push(m.as_ref());
+    if let Some(m) = models.source() {
+        sources.push(m);
     }
     if let Some(j) = &judges {
         sources.push(j.as_ref());
     }
     let pipeline = rewardfleet_scorers::build_pipeline(config, &sources)
         .map_err(|e| FleetError::Config(e.to_string()))?;
-    Ok(Scorers { pipeline, judges })
+    Ok(Scorers {
+        pipeline,
+        judges,
+        models,
+    })
 }
 
 /// Loads every `[[model]]` (each warm before this returns) on a blocking thread.
 #[cfg(feature = "torch")]
-async fn load_models(config: &Config) -> Result<Box<dyn ScorerSource + Send + Sync>, FleetError> {
+async fn load_models(config: &Config) -> Result<Models, FleetError> {
     let models = config.model.clone();
     let base = config.base_dir.clone();
     let set =
@@ -137,11 +196,11 @@ async fn load_models(config: &Config) -> Result<Box<dyn ScorerSource + Send + Sy
             .await
             .map_err(|e| FleetError::Models(format!("the model loader stopped: {e}")))?
             .map_err(|e| FleetError::Models(e.to_string()))?;
-    Ok(Box::new(set))
+    Ok(Models { set: Some(set) })
 }
 
 #[cfg(not(feature = "torch"))]
-async fn load_models(config: &Config) -> Result<Box<dyn ScorerSource + Send + Sync>, FleetError> {
+async fn load_models(config: &Config) -> Result<Models, FleetError> {
     Err(FleetError::Models(format!(
         "model[0] ({:?}): this binary was built without libtorch (cargo feature `torch`); \
          build with it, or run the profiles that use models on workers that have it",
@@ -175,6 +234,8 @@ pub struct Embedded {
     pub gateway: Gateway,
     /// The judges, for their usage.
     pub judges: Option<Arc<JudgeSet>>,
+    /// The local models, for their usage.
+    pub models: Models,
     shutdown: CancellationToken,
     worker: JoinHandle<()>,
 }
@@ -185,7 +246,11 @@ impl Embedded {
     /// # Errors
     /// As [`scorers`].
     pub async fn start(config: &Config, secrets: &Secrets) -> Result<Self, FleetError> {
-        let Scorers { pipeline, judges } = scorers(config, None, secrets).await?;
+        let Scorers {
+            pipeline,
+            judges,
+            models,
+        } = scorers(config, None, secrets).await?;
         // Ledger entries and results of one session: twice the largest window.
         let queue: Arc<dyn Queue> = Arc::new(InProcessQueue::new(
             &config.worker,
@@ -203,6 +268,7 @@ impl Embedded {
         Ok(Self {
             gateway,
             judges,
+            models,
             shutdown,
             worker,
         })

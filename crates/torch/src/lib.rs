@@ -92,6 +92,18 @@ impl ModelSet {
         self.models.keys().map(String::as_str)
     }
 
+    /// A snapshot of every model's counters (batches, sequences, tokens run so far; warm-up not
+    /// included), by model name in name order.
+    pub fn stats(&self) -> Vec<(String, ModelStats)> {
+        let mut stats: Vec<_> = self
+            .models
+            .iter()
+            .map(|(name, model)| (name.clone(), model.stats()))
+            .collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
+    }
+
     /// True when no model is loaded.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()

@@ -82,4 +82,5 @@ async fn minilm_rewards_match_sentence_transformers() {
         stats.batches >= 2,
         "the long response (truncated to 256) and short texts were bucketed apart: {stats:?}"
     );
+    assert_eq!(set.stats(), vec![("minilm".to_owned(), stats)]);
 }
