@@ -342,7 +342,8 @@ impl RewardModel {
     }
 }
 
-/// Cosine similarity in f64; `None` when a vector is zero or the lengths differ.
+/// Cosine similarity in f64, within [-1, 1] (rounding can step past them for identical
+/// vectors); `None` when a vector is zero or the lengths differ.
 pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
     if a.len() != b.len() {
         return None;
@@ -355,7 +356,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> Option<f64> {
         nb += y * y;
     }
     let denom = na.sqrt() * nb.sqrt();
-    (denom > 0.0).then(|| dot / denom)
+    (denom > 0.0).then(|| (dot / denom).clamp(-1.0, 1.0))
 }
 
 #[async_trait]
