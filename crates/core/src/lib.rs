@@ -15,4 +15,4 @@ pub use profile::{Component, ComponentKind, Normalize, OnComponentFailure, Profi
 pub use rewardfleet_proto::v1::{
     Candidate, ChatMessage, Job, JobAccepted, JobResult, Reward, reward::Status as RewardStatus,
 };
-pub use scorer::{Score, ScoreContext, ScoreError, Scorer};
+pub use scorer::{FailureReason, Score, ScoreContext, ScoreError, Scorer};

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::config::{NormalizeKind, OnFailure};
 use crate::scorer::Outcome;
-use crate::{Candidate, JobOutcome, Reward, RewardStatus, ScoreContext, ScoreError, Scorer};
+use crate::{
+    Candidate, FailureReason, JobOutcome, Reward, RewardStatus, ScoreContext, ScoreError, Scorer,
+};
 
 pub use crate::config::ComponentKind;
 pub use crate::config::NormalizeKind as Normalize;
@@ -86,7 +88,7 @@ impl Profile {
             for (component, outcome) in self.components.iter().zip(outcomes) {
                 let outcome = outcome.get(i).cloned().unwrap_or_else(|| {
                     Err(ScoreError::permanent(
-                        "scorer_error",
+                        FailureReason::ScorerError,
                         "the scorer returned fewer values than candidates",
                     ))
                 });
@@ -119,7 +121,7 @@ impl Profile {
                     }
                     Ok(score) => {
                         let e = ScoreError::permanent(
-                            "non_finite",
+                            FailureReason::NonFinite,
                             format!("the scorer gave {}", score.value),
                         );
                         self.component_failed(component, &e, &mut reward, &mut failure);
@@ -242,15 +244,18 @@ async fn score_component(c: &Component, ctx: &ScoreContext, group: &[Candidate])
         return outcomes;
     }
     outcomes.resize_with(group.len(), || {
-        Err(ScoreError::permanent("scorer_error", "no value returned"))
+        Err(ScoreError::permanent(
+            FailureReason::ScorerError,
+            "no value returned",
+        ))
     });
     // The fallback sees the whole group (pairwise scorers need it) only when all failed.
     let subset: Vec<Candidate> = failed.iter().map(|&i| group[i].clone()).collect();
     let rescored = fallback.score(ctx, &subset).await;
     for (k, &i) in failed.iter().enumerate() {
         let primary_reason = match &outcomes[i] {
-            Err(e) => e.reason.clone(),
-            Ok(_) => "non_finite".into(),
+            Err(e) => e.reason,
+            Ok(_) => FailureReason::NonFinite,
         };
         if let Some(Ok(score)) = rescored.get(k) {
             let mut score = score.clone();

@@ -31,7 +31,7 @@ pub enum FleetError {
     #[error("{0}")]
     Config(String),
     /// The queue failed (NATS unreachable, streams refused).
-    #[error("{0}")]
+    #[error(transparent)]
     Queue(#[from] QueueError),
     /// A judge could not be set up (its key, its cache).
     #[error("{0}")]
@@ -40,7 +40,7 @@ pub enum FleetError {
     #[error("{0}")]
     Models(String),
     /// A worker stopped early.
-    #[error("{0}")]
+    #[error(transparent)]
     Worker(#[from] WorkerError),
     /// The gateway's transport failed.
     #[error("gateway transport failed: {0}")]

@@ -55,18 +55,23 @@ impl GatewayError {
 
 impl From<GatewayError> for tonic::Status {
     fn from(e: GatewayError) -> Self {
+        // The message carries the causes too: the client sees why, not just what.
+        let message = match &e {
+            GatewayError::Queue(q) => format!("queue: {}", q.chain()),
+            other => other.to_string(),
+        };
         match &e {
             GatewayError::InvalidArgument { .. } | GatewayError::Unreadable(_) => {
-                tonic::Status::invalid_argument(e.to_string())
+                tonic::Status::invalid_argument(message)
             }
             GatewayError::Queue(q) if q.is_retryable() || matches!(q, QueueError::Closed) => {
-                tonic::Status::unavailable(e.to_string())
+                tonic::Status::unavailable(message)
             }
-            GatewayError::Queue(QueueError::Malformed(_)) => {
-                tonic::Status::failed_precondition(e.to_string())
+            GatewayError::Queue(QueueError::Malformed { .. }) => {
+                tonic::Status::failed_precondition(message)
             }
-            GatewayError::Queue(_) => tonic::Status::internal(e.to_string()),
-            GatewayError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+            GatewayError::Queue(_) => tonic::Status::internal(message),
+            GatewayError::ShuttingDown => tonic::Status::unavailable(message),
         }
     }
 }
@@ -93,7 +98,7 @@ mod tests {
         );
         // Resume: the queue is away or the gateway drains.
         assert_eq!(
-            code(GatewayError::Queue(QueueError::Unavailable("x".into()))),
+            code(GatewayError::Queue(QueueError::unavailable("x"))),
             Code::Unavailable
         );
         assert_eq!(
@@ -103,13 +108,13 @@ mod tests {
         assert_eq!(code(GatewayError::ShuttingDown), Code::Unavailable);
         // Resuming cannot help: a job the server refuses for good.
         assert_eq!(
-            code(GatewayError::Queue(QueueError::Malformed(
-                "larger than max_payload".into()
+            code(GatewayError::Queue(QueueError::malformed(
+                "larger than max_payload"
             ))),
             Code::FailedPrecondition
         );
         assert_eq!(
-            code(GatewayError::Queue(QueueError::Setup("no stream".into()))),
+            code(GatewayError::Queue(QueueError::setup("no stream"))),
             Code::Internal
         );
     }

@@ -129,7 +129,7 @@ impl Gateway {
                 Ok((id, Ended::ClientLeft)) if resumable == Resumable::No => {
                     tracing::debug!(session = %id, "caller left; abandoning the session");
                     if let Err(e) = gateway.inner.queue.abandon_session(&id).await {
-                        tracing::warn!(session = %id, error = %e, "could not abandon the session");
+                        tracing::warn!(session = %id, error = %e.chain(), "could not abandon the session");
                     }
                 }
                 Ok((id, Ended::ClientLeft)) => {
@@ -211,7 +211,7 @@ impl Gateway {
                 };
                 let _ = tx.send(Ok(closed)).await;
                 if let Err(e) = self.inner.queue.forget_session(&session.id).await {
-                    tracing::warn!(session = %session.id, error = %e, "could not drop the session's retained results");
+                    tracing::warn!(session = %session.id, error = %e.chain(), "could not drop the session's retained results");
                 }
                 return Ok(Ended::Closed);
             }
@@ -233,7 +233,7 @@ impl Gateway {
                             return Ok(Ended::ClientLeft);
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(session = %session.id, error = %e, "session record hiccup"),
+                    Some(Err(e)) => tracing::warn!(session = %session.id, error = %e.chain(), "session record hiccup"),
                     None => return Err(GatewayError::Queue(QueueError::Closed)),
                 },
                 request = requests.next(), if session.can_read() => match request {
@@ -419,7 +419,7 @@ impl Gateway {
             match operation().await {
                 Ok(value) => return Ok(value),
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "{what} failed; retrying");
+                    tracing::warn!(error = %e.chain(), "{what} failed; retrying");
                 }
                 Err(e) => return Err(e.into()),
             }

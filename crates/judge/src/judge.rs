@@ -1,5 +1,6 @@
 //! One judge endpoint at run time: its stack, its cache access, its usage and session budgets.
 
+use rewardfleet_core::FailureReason;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,7 +162,11 @@ impl Judge {
                     usage: Default::default(),
                     ..c
                 }),
-                Answer::Refused { reason, message } => Err(ScoreError::permanent(reason, message)),
+                // The cache keeps the code; one this build does not know reads as a refusal.
+                Answer::Refused { reason, message } => Err(ScoreError::permanent(
+                    reason.parse().unwrap_or(FailureReason::JudgeRejected),
+                    message,
+                )),
             };
         }
         let budget = self.config.session_token_budget;
@@ -169,7 +174,7 @@ impl Judge {
             let spent = self.spent(&ctx.session_id);
             if spent >= budget {
                 return Err(ScoreError::permanent(
-                    "judge_token_budget_spent",
+                    FailureReason::JudgeTokenBudgetSpent,
                     format!(
                         "session {:?} has spent {spent} of its {budget} tokens on judge {:?} (session_token_budget)",
                         ctx.session_id,
@@ -191,7 +196,7 @@ impl Judge {
                     && refused_for_its_content(&e)
                 {
                     let refused = Answer::Refused {
-                        reason: error.reason.clone(),
+                        reason: error.reason.as_str().to_owned(),
                         message: error.message.clone(),
                     };
                     self.cache.put(key, refused).await;

@@ -1,6 +1,7 @@
 //! The outbound stack of one judge endpoint: every cross-cutting behaviour as a tower layer, built
 //! in one `ServiceBuilder` chain; and how its errors become [`ScoreError`]s.
 
+use rewardfleet_core::FailureReason;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -194,39 +195,45 @@ pub(crate) fn score_error(judge: &str, e: &BoxError) -> ScoreError {
     if let Some(a) = e.downcast_ref::<AttemptError>() {
         return match a {
             AttemptError::Status { status: 429, .. } => ScoreError::transient(
-                "judge_rate_limited",
+                FailureReason::JudgeRateLimited,
                 format!("judge {judge:?} kept answering 429 (rate limited) after retries"),
             ),
             AttemptError::Status { status, .. } if a.is_transient() => ScoreError::transient(
-                "judge_unavailable",
+                FailureReason::JudgeUnavailable,
                 format!("judge {judge:?} answered HTTP {status} after retries"),
             ),
             AttemptError::Status { status, body, .. } => ScoreError::permanent(
-                "judge_rejected",
+                FailureReason::JudgeRejected,
                 format!("judge {judge:?} refused the request with HTTP {status}: {body}"),
             ),
             AttemptError::Transport(m) | AttemptError::Malformed(m) => ScoreError::transient(
-                "judge_unavailable",
+                FailureReason::JudgeUnavailable,
                 format!("judge {judge:?} could not be reached after retries: {m}"),
             ),
         };
     }
     if e.is::<tower::timeout::error::Elapsed>() {
         return ScoreError::transient(
-            "judge_timeout",
+            FailureReason::JudgeTimeout,
             format!("judge {judge:?} did not answer in time"),
         );
     }
     if let Some(c) = e.downcast_ref::<CircuitOpen>() {
-        return ScoreError::transient("judge_circuit_open", format!("judge {judge:?}: {c}"));
+        return ScoreError::transient(
+            FailureReason::JudgeCircuitOpen,
+            format!("judge {judge:?}: {c}"),
+        );
     }
     if e.is::<tower::load_shed::error::Overloaded>() {
         return ScoreError::transient(
-            "judge_overloaded",
+            FailureReason::JudgeOverloaded,
             format!("judge {judge:?}: the local queue is full (queue_capacity); try again later"),
         );
     }
-    ScoreError::transient("judge_unavailable", format!("judge {judge:?}: {e}"))
+    ScoreError::transient(
+        FailureReason::JudgeUnavailable,
+        format!("judge {judge:?}: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -288,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             e.map(|e| score_error("j", &e).reason),
-            Some("judge_rate_limited".into())
+            Some(FailureReason::JudgeRateLimited)
         );
         // A Retry-After past the deadline: no retry, the error comes back at once.
         attempts.store(0, Ordering::SeqCst);

@@ -280,7 +280,7 @@ method = "reference""#,
     let e = out[2].as_ref().unwrap_err();
     assert_eq!(
         (e.reason.as_str(), e.retryable),
-        ("reference_missing", false)
+        ("missing_reference", false)
     );
     assert_eq!(fake.calls(), 2);
 }
@@ -471,7 +471,7 @@ rubric = "helpful.md""#,
         match (expected, &out[0]) {
             (Ok(v), Ok(s)) => assert!(close(s.value, v), "{name}: {}", s.value),
             (Err(reason), Err(e)) => {
-                assert_eq!(e.reason, reason, "{name}: {e}");
+                assert_eq!(e.reason.as_str(), reason, "{name}: {e}");
                 let retryable = !matches!(reason, "judge_parse_error" | "judge_rejected");
                 assert_eq!(e.retryable, retryable, "{name}");
                 assert!(!e.message.is_empty());
@@ -534,7 +534,10 @@ rubric = "helpful.md""#,
     );
     for _ in 0..3 {
         let out = scorer.score(&ctx("s"), &[candidate("a", "x")]).await;
-        assert_eq!(out[0].as_ref().unwrap_err().reason, "judge_unavailable");
+        assert_eq!(
+            out[0].as_ref().unwrap_err().reason.as_str(),
+            "judge_unavailable"
+        );
     }
     let out = scorer.score(&ctx("s"), &[candidate("a", "x")]).await;
     let e = out[0].as_ref().unwrap_err();
@@ -605,7 +608,7 @@ rubric = "helpful.md""#,
         .iter()
         .filter(|o| {
             o.as_ref()
-                .is_err_and(|e| e.reason == "judge_overloaded" && e.retryable)
+                .is_err_and(|e| e.reason.as_str() == "judge_overloaded" && e.retryable)
         })
         .count();
     let ok = out.iter().filter(|o| o.is_ok()).count();
@@ -846,7 +849,10 @@ rubric = "helpful.md""#,
         let out = scorer
             .score(&ctx("s"), &[candidate("a", "quality:3")])
             .await;
-        assert_eq!(out[0].as_ref().unwrap_err().reason, "judge_rejected");
+        assert_eq!(
+            out[0].as_ref().unwrap_err().reason.as_str(),
+            "judge_rejected"
+        );
     }
     assert_eq!(fake.calls(), 2);
 }
@@ -1002,7 +1008,7 @@ on_injection = "fail""#,
     let out = fail.score(&ctx("s"), &group).await;
     assert!(out.iter().all(|o| {
         o.as_ref()
-            .is_err_and(|e| e.reason == INJECTION_FLAG && !e.retryable)
+            .is_err_and(|e| e.reason.as_str() == INJECTION_FLAG && !e.retryable)
     }));
     assert_eq!(fake.calls(), calls, "gated injections spend no call");
 }

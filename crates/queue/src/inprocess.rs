@@ -471,9 +471,7 @@ impl Queue for InProcessQueue {
 
     async fn jobs(&self, _pool: &str, capacity: usize) -> Result<Box<dyn JobSource>, QueueError> {
         if capacity == 0 {
-            return Err(QueueError::Setup(
-                "job source capacity must be at least 1".into(),
-            ));
+            return Err(QueueError::setup("job source capacity must be at least 1"));
         }
         if self.inner.lock().closed {
             return Err(QueueError::Closed);

@@ -175,10 +175,8 @@ impl JetStreamQueue {
         }
         if let Some(path) = &nats.credentials_file {
             connect = connect.credentials_file(path).await.map_err(|e| {
-                QueueError::Setup(format!(
-                    "cannot read NATS credentials {}: {e}",
-                    path.display()
-                ))
+                QueueError::setup(format!("cannot read NATS credentials {}", path.display()))
+                    .caused_by(e)
             })?;
         }
         let urls: Vec<&str> = nats
@@ -191,11 +189,11 @@ impl JetStreamQueue {
             use async_nats::ConnectErrorKind as K;
             match e.kind() {
                 K::ServerParse | K::Authentication | K::AuthorizationViolation | K::Tls => {
-                    QueueError::Setup(format!("cannot connect to NATS at {}: {e}", nats.url))
+                    QueueError::setup(format!("cannot connect to NATS at {}", nats.url))
+                        .caused_by(e)
                 }
-                _ => {
-                    QueueError::Unavailable(format!("cannot connect to NATS at {}: {e}", nats.url))
-                }
+                _ => QueueError::unavailable(format!("cannot connect to NATS at {}", nats.url))
+                    .caused_by(e),
             }
         })?;
         let js = jetstream::ContextBuilder::new()
@@ -303,7 +301,7 @@ impl JetStreamQueue {
                     jetstream::stream::ConsumerErrorKind::JetStream(ref js)
                         if js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
                 ) {
-                    QueueError::Setup(format!("pool {pool:?} has no consumer yet"))
+                    QueueError::setup(format!("pool {pool:?} has no consumer yet"))
                 } else {
                     unavailable("consumer info", e)
                 }
@@ -353,7 +351,7 @@ impl JetStreamQueue {
                     tracing::debug!(what, msg_id, "reconnected while awaiting the publish ack; publishing again");
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(QueueError::Unavailable(format!(
+                    return Err(QueueError::unavailable(format!(
                         "publish {what} {msg_id:?}: no ack within {REQUEST_TIMEOUT:?}"
                     )));
                 }
@@ -456,9 +454,7 @@ impl Queue for JetStreamQueue {
     async fn jobs(&self, pool: &str, capacity: usize) -> Result<Box<dyn JobSource>, QueueError> {
         check_token("pool", pool)?;
         if capacity == 0 {
-            return Err(QueueError::Setup(
-                "job source capacity must be at least 1".into(),
-            ));
+            return Err(QueueError::setup("job source capacity must be at least 1"));
         }
         let max_deliver = self.max_deliver.max(1);
         let consumer: consumer::Consumer<pull::Config> = self
@@ -569,7 +565,7 @@ impl ResultFollower {
                         }
                         return Some(session_event(&message).map_err(|e| {
                             tracing::warn!(session = self.session, error = %e, "undecodable session entry skipped");
-                            QueueError::Malformed(format!("entry of session {:?}: {e}", self.session))
+                            QueueError::malformed(format!("entry of session {:?}", self.session)).caused_by(e)
                         }));
                     }
                     Some(Err(e)) => {
@@ -645,9 +641,10 @@ impl JetStreamJobs {
         let (attempt, sequence) = match message.info() {
             Ok(info) => (info.delivered.unsigned_abs(), info.stream_sequence),
             Err(e) => {
-                return Err(QueueError::Malformed(format!(
-                    "job message without JetStream metadata: {e}"
-                )));
+                return Err(
+                    QueueError::malformed("job message without JetStream metadata")
+                        .caused_by_boxed(e),
+                );
             }
         };
         let (message, acker) = message.split();
@@ -665,9 +662,10 @@ impl JetStreamJobs {
                 if let Err(term) = acker.double_ack_with(AckKind::Term).await {
                     tracing::warn!(sequence, error = %term, "could not terminate undecodable job");
                 }
-                Err(QueueError::Malformed(format!(
-                    "job at stream sequence {sequence} is not a Job ({e}); terminated"
-                )))
+                Err(QueueError::malformed(format!(
+                    "job at stream sequence {sequence} is not a Job; terminated"
+                ))
+                .caused_by(e))
             }
         }
     }
@@ -707,7 +705,7 @@ impl JobSource for JetStreamJobs {
                     Some(Err(e)) => {
                         // A status that ends the request (409 leadership change, max waiting…).
                         self.batch = None;
-                        return Some(Err(unavailable("pull jobs", e)));
+                        return Some(Err(QueueError::unavailable("pull jobs").caused_by_boxed(e)));
                     }
                 },
                 changed = self.connected.changed() => {
@@ -715,8 +713,8 @@ impl JobSource for JetStreamJobs {
                         return None;
                     }
                     self.draining = true;
-                    return Some(Err(QueueError::Unavailable(
-                        "reconnected to NATS; renewing the pull request".into(),
+                    return Some(Err(QueueError::unavailable(
+                        "reconnected to NATS; renewing the pull request",
                     )));
                 }
                 () = tokio::time::sleep_until(self.deadline) => {
@@ -741,8 +739,8 @@ impl JetStreamAcker {
         let mut connected = self.connected.clone();
         connected.mark_unchanged();
         tokio::select! {
-            done = self.acker.double_ack_with(kind) => done.map_err(|e| unavailable(what, e)),
-            Ok(()) = connected.changed() => Err(QueueError::Unavailable(format!(
+            done = self.acker.double_ack_with(kind) => done.map_err(|e| QueueError::unavailable(what).caused_by_boxed(e)),
+            Ok(()) = connected.changed() => Err(QueueError::unavailable(format!(
                 "{what}: connection re-established before the server confirmed; the job may be delivered again"
             ))),
         }
@@ -759,14 +757,14 @@ impl Acker for JetStreamAcker {
         self.acker
             .ack_with(AckKind::Nak(Some(delay)))
             .await
-            .map_err(|e| unavailable("nak", e))
+            .map_err(|e| QueueError::unavailable("nak").caused_by_boxed(e))
     }
 
     async fn progress(&self) -> Result<(), QueueError> {
         self.acker
             .ack_with(AckKind::Progress)
             .await
-            .map_err(|e| unavailable("progress", e))
+            .map_err(|e| QueueError::unavailable("progress").caused_by_boxed(e))
     }
 }
 
@@ -794,7 +792,7 @@ fn check_token(what: &str, value: &str) -> Result<(), QueueError> {
     {
         Ok(())
     } else {
-        Err(QueueError::Setup(format!(
+        Err(QueueError::setup(format!(
             "{what} {value:?} is not allowed; use letters, digits, '-' and '_'"
         )))
     }
@@ -803,7 +801,7 @@ fn check_token(what: &str, value: &str) -> Result<(), QueueError> {
 /// A message id travels in a header: it must be non-empty and free of control characters.
 fn check_msg_id(what: &str, value: &str) -> Result<(), QueueError> {
     if value.is_empty() || value.chars().any(char::is_control) {
-        Err(QueueError::Malformed(format!(
+        Err(QueueError::malformed(format!(
             "{what} {value:?} must be non-empty and without control characters"
         )))
     } else {
@@ -811,24 +809,25 @@ fn check_msg_id(what: &str, value: &str) -> Result<(), QueueError> {
     }
 }
 
-fn setup(what: String, e: impl fmt::Display) -> QueueError {
-    QueueError::Setup(format!("{what}: {e}"))
+fn setup(what: String, e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::setup(what).caused_by(e)
 }
 
-fn unavailable(what: &str, e: impl fmt::Display) -> QueueError {
-    QueueError::Unavailable(format!("{what}: {e}"))
+fn unavailable(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::unavailable(what).caused_by(e)
 }
 
 fn publish_error(what: &str, msg_id: &str, e: jetstream::context::PublishError) -> QueueError {
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => QueueError::Malformed(format!(
-            "{what} {msg_id:?} is larger than the server's max_payload: {e}"
+        PublishErrorKind::MaxPayloadExceeded => QueueError::malformed(format!(
+            "{what} {msg_id:?} is larger than the server's max_payload"
         )),
-        PublishErrorKind::StreamNotFound => QueueError::Setup(format!(
-            "no stream takes the {what} {msg_id:?} (was it deleted?): {e}"
+        PublishErrorKind::StreamNotFound => QueueError::setup(format!(
+            "no stream takes the {what} {msg_id:?} (was it deleted?)"
         )),
-        _ => QueueError::Unavailable(format!("publish {what} {msg_id:?}: {e}")),
+        _ => QueueError::unavailable(format!("publish {what} {msg_id:?}")),
     }
+    .caused_by(e)
 }
 
 #[cfg(test)]
@@ -852,11 +851,11 @@ mod tests {
         assert!(check_msg_id("job_id", "s.abc").is_ok());
         assert!(matches!(
             check_msg_id("job_id", ""),
-            Err(QueueError::Malformed(_))
+            Err(QueueError::Malformed { .. })
         ));
         assert!(matches!(
             check_msg_id("job_id", "a\r\nb"),
-            Err(QueueError::Malformed(_))
+            Err(QueueError::Malformed { .. })
         ));
     }
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use rewardfleet_core::{Job, JobAccepted, JobResult};
 
-pub use error::QueueError;
+pub use error::{Cause, Chain, QueueError};
 pub use inprocess::InProcessQueue;
 pub use jetstream::JetStreamQueue;
 

@@ -440,7 +440,7 @@ async fn two_sources_share_a_pool(h: &Harness) {
 async fn zero_capacity_is_refused(h: &Harness) {
     assert!(matches!(
         h.queue.jobs("default", 0).await.err(),
-        Some(QueueError::Setup(_))
+        Some(QueueError::Setup { .. })
     ));
 }
 

@@ -218,7 +218,9 @@ async fn undecodable_job_is_terminated_and_reported() {
     queue.publish_job(&job(1)).await.expect("publish");
     let mut source = queue.jobs("default", 4).await.expect("source");
     match timeout(Duration::from_secs(10), source.next(1)).await {
-        Ok(Some(Err(QueueError::Malformed(message)))) => assert!(message.contains("terminated")),
+        Ok(Some(Err(QueueError::Malformed { what: message, .. }))) => {
+            assert!(message.contains("terminated"))
+        }
         _ => panic!("expected a Malformed error first"),
     }
     let d = next_delivery(&mut source, 1).await;
@@ -254,7 +256,10 @@ async fn token_is_used_and_required() {
         &worker_config(Duration::from_secs(1)),
     )
     .await;
-    assert!(matches!(refused, Err(QueueError::Setup(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(QueueError::Setup { .. })),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
@@ -266,22 +271,22 @@ async fn setup_is_idempotent_and_validated() {
     let _again = b.jobs("gpu", 2).await.expect("same consumer, updated");
     assert!(matches!(
         a.jobs("bad.pool", 2).await.err(),
-        Some(QueueError::Setup(_))
+        Some(QueueError::Setup { .. })
     ));
     assert!(matches!(
         a.clone().with_pool("a b"),
-        Err(QueueError::Setup(_))
+        Err(QueueError::Setup { .. })
     ));
     let gpu = a.with_pool("gpu").expect("pool");
     gpu.publish_job(&job(1)).await.expect("publish");
     assert_eq!(gpu.pool_status("gpu").await.expect("status").pending, 1);
     assert!(matches!(
         gpu.pool_status("nobody").await,
-        Err(QueueError::Setup(_))
+        Err(QueueError::Setup { .. })
     ));
     assert!(matches!(
         gpu.publish_job(&Job::default()).await,
-        Err(QueueError::Malformed(_))
+        Err(QueueError::Malformed { .. })
     ));
 }
 

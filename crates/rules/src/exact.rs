@@ -116,7 +116,7 @@ mod tests {
     fn missing_reference_is_a_permanent_error() {
         let rule = ExactMatch::from_params(&params("")).expect("builds");
         let error = rule.check(&candidate("x", None)).expect_err("no reference");
-        assert_eq!(error.reason, "missing_reference");
+        assert_eq!(error.reason.as_str(), "missing_reference");
         assert!(!error.retryable);
     }
 

@@ -16,6 +16,7 @@
 //! Rules score each candidate on its own and never panic; a candidate a rule cannot evaluate
 //! (say `exact_match` without a `reference`) gets a permanent [`ScoreError`] of its own.
 
+use rewardfleet_core::FailureReason;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -124,8 +125,7 @@ impl<R: Rule> Scorer for RuleScorer<R> {
 /// The candidate's reference, or the error that says the rule needs one.
 pub(crate) fn reference<'a>(kind: &str, candidate: &'a Candidate) -> Result<&'a str, ScoreError> {
     candidate.reference.as_deref().ok_or_else(|| {
-        ScoreError::permanent(
-            "missing_reference",
+        ScoreError::permanent(FailureReason::MissingReference,
             format!(
                 "rule {kind} compares the response with the candidate's `reference`, and candidate {:?} has none",
                 candidate.id
@@ -198,7 +198,7 @@ mod tests {
         let group = [candidate("a", None), candidate("a", Some("A"))];
         let outcomes = scorer.score(&ScoreContext::default(), &group).await;
         let error = outcomes[0].as_ref().expect_err("no reference");
-        assert_eq!(error.reason, "missing_reference");
+        assert_eq!(error.reason.as_str(), "missing_reference");
         assert!(!error.retryable);
         assert_eq!(outcomes[1].as_ref().expect("scored").value, 1.0);
     }

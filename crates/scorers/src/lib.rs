@@ -4,6 +4,7 @@
 
 pub mod kv_cache;
 
+use rewardfleet_core::FailureReason;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -235,7 +236,7 @@ impl Scorer for NotLoaded {
         group: &[rewardfleet_core::Candidate],
     ) -> Vec<rewardfleet_core::scorer::Outcome> {
         let e = rewardfleet_core::ScoreError::permanent(
-            "model_not_loaded",
+            FailureReason::ModelNotLoaded,
             format!(
                 "model {:?} was only checked, not loaded (rewardfleet check)",
                 self.0

@@ -1,6 +1,7 @@
 //! Token-budget batching in the manner of text-embeddings-inference: one batcher thread per model
 //! tokenizes, queues, buckets by length and hands batches to the model's replica threads.
 
+use rewardfleet_core::FailureReason;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -291,7 +292,7 @@ impl Batcher {
                 Err(TrySendError::Disconnected(batch)) => {
                     for e in batch.entries {
                         let _ = e.reply.send(Err(ScoreError::transient(
-                            "model_unavailable",
+                            FailureReason::ModelUnavailable,
                             format!("model {}: replica {r} has stopped", self.settings.model),
                         )));
                     }

@@ -1,6 +1,7 @@
 //! The TorchScript module on its device: load-time checks, forward passes, output post-processing,
 //! and the replica threads that run batches.
 
+use rewardfleet_core::FailureReason;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -408,7 +409,7 @@ impl Replica {
                         Ok(out)
                     } else {
                         Err(ScoreError::permanent(
-                            "non_finite_output",
+                            FailureReason::NonFiniteOutput,
                             format!("model {}: the output is not finite", self.model),
                         ))
                     };
@@ -424,7 +425,7 @@ impl Replica {
                 );
                 for e in entries {
                     let _ = e.reply.send(Err(ScoreError::permanent(
-                        "model_output_error",
+                        FailureReason::ModelOutputError,
                         msg.clone(),
                     )));
                 }
@@ -454,11 +455,12 @@ impl Replica {
 
     fn score_error(&self, err: &ForwardError) -> ScoreError {
         match err {
-            ForwardError::Shape(m) => {
-                ScoreError::permanent("model_output_error", format!("model {}: {m}", self.model))
-            }
+            ForwardError::Shape(m) => ScoreError::permanent(
+                FailureReason::ModelOutputError,
+                format!("model {}: {m}", self.model),
+            ),
             ForwardError::Torch(m) => ScoreError::permanent(
-                "model_error",
+                FailureReason::ModelError,
                 format!("model {}: forward failed: {m}", self.model),
             ),
         }

@@ -1,5 +1,6 @@
 //! A loaded reward model: the async handle a profile scores with, and its start-up.
 
+use rewardfleet_core::FailureReason;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -250,7 +251,7 @@ impl RewardModel {
         let inner = &self.inner;
         let Some(permits) = inner.admission.try_admit(n) else {
             let err = ScoreError::transient(
-                "overloaded",
+                FailureReason::ModelOverloaded,
                 format!(
                     "model {}: {} texts are already waiting (queue_capacity = {}); retry later",
                     inner.name,
@@ -272,7 +273,10 @@ impl RewardModel {
             });
         }
         let unavailable = |why: &str| {
-            ScoreError::transient("model_unavailable", format!("model {}: {why}", inner.name))
+            ScoreError::transient(
+                FailureReason::ModelUnavailable,
+                format!("model {}: {why}", inner.name),
+            )
         };
         match inner
             .intake
@@ -328,14 +332,13 @@ impl RewardModel {
             .into_iter()
             .map(|pair| {
                 let (a, b) = pair.ok_or_else(|| {
-                    ScoreError::permanent(
-                        "missing_reference",
+                    ScoreError::permanent(FailureReason::MissingReference,
                         format!("model {} is an embedding model: the candidate needs a `reference` to compare the response with", self.inner.name),
                     )
                 })?;
                 let (va, vb) = (vectors[a].as_ref().map_err(Clone::clone)?, vectors[b].as_ref().map_err(Clone::clone)?);
                 cosine(va, vb).map(Score::new).ok_or_else(|| {
-                    ScoreError::permanent("zero_embedding", format!("model {}: an embedding is zero; the cosine is undefined", self.inner.name))
+                    ScoreError::permanent(FailureReason::ZeroEmbedding, format!("model {}: an embedding is zero; the cosine is undefined", self.inner.name))
                 })
             })
             .collect()

@@ -1,5 +1,6 @@
 //! From a candidate to token ids: the prompt template and the tokenizer with its truncation.
 
+use rewardfleet_core::FailureReason;
 use std::path::Path;
 
 use rewardfleet_core::config::{ModelConfig, TruncationSide};
@@ -117,20 +118,20 @@ impl Encoder {
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, ScoreError> {
         let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| {
             ScoreError::permanent(
-                "tokenizer_error",
+                FailureReason::TokenizerError,
                 format!("model {}: tokenizer failed: {e}", self.model),
             )
         })?;
         let ids = encoding.get_ids();
         if ids.is_empty() {
             return Err(ScoreError::permanent(
-                "empty_input",
+                FailureReason::EmptyInput,
                 format!("model {}: the text has no tokens", self.model),
             ));
         }
         if !self.truncate && ids.len() > self.max_length {
             return Err(ScoreError::permanent(
-                "input_too_long",
+                FailureReason::InputTooLong,
                 format!(
                     "model {}: the input has {} tokens; the model takes at most {} (max_length; set truncation_side = \"left\" or \"right\" to truncate)",
                     self.model,

@@ -181,7 +181,7 @@ async fn embedding_rewards_are_cosines_matching_pytorch() {
     for (name, key) in [("mean", "cosine_mean"), ("cls", "cosine_cls")] {
         let mut got = score(&set.scorer(name).unwrap(), &group).await;
         let missing = got.remove(3).unwrap_err();
-        assert_eq!(missing.reason, "missing_reference");
+        assert_eq!(missing.reason.as_str(), "missing_reference");
         assert!(!missing.retryable);
         for (i, (g, w)) in got.iter().zip(floats(&exp[key])).enumerate() {
             assert_close(
@@ -212,7 +212,7 @@ async fn a_too_long_input_fails_alone() {
     let got = score(&set.scorer("rm").unwrap(), &group).await;
     assert!(got[0].is_ok() && got[2].is_ok(), "{got:?}");
     let err = got[1].as_ref().unwrap_err();
-    assert_eq!(err.reason, "input_too_long");
+    assert_eq!(err.reason.as_str(), "input_too_long");
     assert!(
         err.message.contains("12 tokens") && err.message.contains("at most 8"),
         "{}",
@@ -307,7 +307,7 @@ async fn admission_refuses_past_queue_capacity() {
     let got = score(&set.scorer("rm").unwrap(), &group).await;
     for g in &got {
         let e = g.as_ref().unwrap_err();
-        assert_eq!(e.reason, "overloaded");
+        assert_eq!(e.reason.as_str(), "overloaded");
         assert!(
             e.retryable && e.message.contains("queue_capacity = 2"),
             "{}",

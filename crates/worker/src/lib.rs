@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The queue could not give a source of jobs.
-    #[error("cannot pull jobs: {0}")]
+    #[error("cannot pull jobs")]
     Queue(#[from] QueueError),
 }
 
@@ -130,7 +130,7 @@ impl Worker {
             match delivery {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(worker = %self.name, error = %e, "pull hiccup; going on");
+                    tracing::warn!(worker = %self.name, error = %e.chain(), "pull hiccup; going on");
                     if !e.is_retryable() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -177,7 +177,7 @@ impl JobContext {
         let job_id = delivery.job.job_id.clone();
         let outcome = self.score_publish_ack(&delivery).await;
         if let Err(e) = outcome {
-            tracing::warn!(worker = %self.name, job = %job_id, attempt = delivery.attempt, error = %e, "job not finished");
+            tracing::warn!(worker = %self.name, job = %job_id, attempt = delivery.attempt, error = %e.chain(), "job not finished");
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -196,7 +196,7 @@ impl JobContext {
                 r = &mut scoring => break r,
                 () = tokio::time::sleep(heartbeat) => {
                     if let Err(e) = delivery.acker.progress().await {
-                        tracing::debug!(job = %job.job_id, error = %e, "progress ack failed");
+                        tracing::debug!(job = %job.job_id, error = %e.chain(), "progress ack failed");
                     }
                 }
             }
@@ -252,8 +252,8 @@ mod tests {
     use rewardfleet_core::profile::Component;
     use rewardfleet_core::scorer::Outcome;
     use rewardfleet_core::{
-        Candidate, ComponentKind, Job, Profile, RewardStatus, Score, ScoreContext, ScoreError,
-        Scorer,
+        Candidate, ComponentKind, FailureReason, Job, Profile, RewardStatus, Score, ScoreContext,
+        ScoreError, Scorer,
     };
     use rewardfleet_queue::{InProcessQueue, SessionEvent};
 
@@ -274,7 +274,10 @@ mod tests {
                 .iter()
                 .map(|c| match c.response.as_str() {
                     "panic" => panic!("the scorer crashed"),
-                    "transient" => Err(ScoreError::transient("unavailable", "try later")),
+                    "transient" => Err(ScoreError::transient(
+                        FailureReason::JudgeUnavailable,
+                        "try later",
+                    )),
                     r => Ok(Score::new(r.len() as f64)),
                 })
                 .collect()

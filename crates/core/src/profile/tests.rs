@@ -15,7 +15,10 @@ impl Scorer for FromResponse {
             .iter()
             .map(|c| match c.response.parse::<f64>() {
                 Ok(v) => Ok(Score::new(v)),
-                Err(_) => Err(ScoreError::transient("unavailable", "not a number")),
+                Err(_) => Err(ScoreError::transient(
+                    FailureReason::JudgeUnavailable,
+                    "not a number",
+                )),
             })
             .collect()
     }
@@ -116,7 +119,7 @@ async fn renormalize_scales_up_what_is_left_and_degrades() {
     assert_eq!(r[0].value, 1.0, "0.5 × (2 / 1)");
     assert!(
         r[0].flags
-            .contains(&"component_failed:a:unavailable".to_string())
+            .contains(&"component_failed:a:judge_unavailable".to_string())
     );
 }
 
@@ -203,7 +206,7 @@ async fn fallback_fills_failures_and_degrades() {
     assert!(
         r[0].flags
             .iter()
-            .any(|f| f == "fallback:a:backup:unavailable"),
+            .any(|f| f == "fallback:a:backup:judge_unavailable"),
         "{:?}",
         r[0].flags
     );

@@ -5,6 +5,7 @@
 mod parse;
 mod prompt;
 
+use rewardfleet_core::FailureReason;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -181,7 +182,7 @@ impl JudgeScorer {
             }
         }
         Err(ScoreError::permanent(
-            "judge_parse_error",
+            FailureReason::JudgeParseError,
             format!(
                 "judge {:?} gave no readable verdict twice: {last}",
                 judge.name()
@@ -217,7 +218,7 @@ impl JudgeScorer {
             }
         }
         Err(ScoreError::permanent(
-            "judge_parse_error",
+            FailureReason::JudgeParseError,
             format!(
                 "judge {:?} gave no readable verdict twice: {last}",
                 judge.name()
@@ -300,7 +301,10 @@ impl JudgeScorer {
             .map(|k| {
                 if comparisons[k] == 0 {
                     return Err(errors[k].take().unwrap_or_else(|| {
-                        ScoreError::permanent("judge_error", "no comparison could be made")
+                        ScoreError::permanent(
+                            FailureReason::JudgeError,
+                            "no comparison could be made",
+                        )
                     }));
                 }
                 let mut score = Score::new(points[k] / f64::from(comparisons[k]));
@@ -360,7 +364,10 @@ impl JudgeScorer {
                 }
                 if values.is_empty() {
                     return Err(first_error.unwrap_or_else(|| {
-                        ScoreError::permanent("judge_error", "no judge of the panel gave a value")
+                        ScoreError::permanent(
+                            FailureReason::JudgeError,
+                            "no judge of the panel gave a value",
+                        )
                     }));
                 }
                 let spread = values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
@@ -450,7 +457,7 @@ impl Scorer for JudgeScorer {
             };
             *outcome = match (self.spec.on_injection, outcome.clone()) {
                 (OnInjection::Fail, _) => Err(ScoreError::permanent(
-                    INJECTION_FLAG,
+                    FailureReason::JudgeInjectionSuspected,
                     format!(
                         "the response addresses the judge ({}); on_injection = \"fail\"",
                         why.join(", ")

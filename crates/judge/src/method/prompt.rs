@@ -4,6 +4,7 @@
 //! Changing a prompt changes the judgement: bump the method's template version
 //! (`Method::template`) with it, so that cached verdicts of the old prompt are not reused.
 
+use rewardfleet_core::FailureReason;
 use rewardfleet_core::{Candidate, ScoreError};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -73,7 +74,7 @@ pub(super) fn request(
 /// The user prompt of a pointwise method (rubric, logprob, reference) for one candidate.
 ///
 /// # Errors
-/// `reference_missing` (permanent) when the reference-guided method meets a candidate without
+/// `missing_reference` (permanent) when the reference-guided method meets a candidate without
 /// a reference.
 pub(super) fn pointwise(
     spec: &Spec,
@@ -102,7 +103,7 @@ pub(super) fn pointwise(
         Method::Reference => {
             let Some(reference) = c.reference.as_deref() else {
                 return Err(ScoreError::permanent(
-                    "reference_missing",
+                    FailureReason::MissingReference,
                     format!(
                         "candidate {:?} has no reference, which a reference-guided judge needs",
                         c.id

@@ -128,7 +128,7 @@ impl JetStreamQueue {
                 },
                 _ = sweep.tick() => {
                     if let Err(e) = self.sweep_stream(&jobs).await {
-                        tracing::warn!(error = %e, "dead-letter sweep failed; trying again later");
+                        tracing::warn!(error = %e.chain(), "dead-letter sweep failed; trying again later");
                     }
                 }
                 changed = connected.changed() => {
@@ -168,7 +168,7 @@ impl JetStreamQueue {
         match self.bury(jobs, message, advisory.deliveries).await {
             Ok(burial) => tracing::debug!(seq, ?burial, "max-deliveries advisory handled"),
             Err(e) => {
-                tracing::warn!(seq, error = %e, "cannot dead-letter a job; the sweep will retry once the ack floor passes it");
+                tracing::warn!(seq, error = %e.chain(), "cannot dead-letter a job; the sweep will retry once the ack floor passes it");
             }
         }
     }

@@ -30,6 +30,7 @@ mod extract;
 mod latex;
 mod number;
 
+use rewardfleet_core::FailureReason;
 use rewardfleet_core::scorer::Outcome;
 use rewardfleet_core::{Candidate, ConfigProblem, Score, ScoreError};
 
@@ -85,7 +86,7 @@ impl Rule for MathAnswer {
         let reference = Answer::read(extract::reference_answer(reference));
         if reference.text.is_empty() {
             return Err(ScoreError::permanent(
-                "invalid_reference",
+                FailureReason::InvalidReference,
                 format!(
                     "rule {KIND} found no answer in the reference of candidate {:?}",
                     candidate.id
@@ -258,12 +259,16 @@ mod tests {
         let missing = rule()
             .check(&candidate("12", None))
             .expect_err("no reference");
-        assert_eq!(missing.reason, "missing_reference");
+        assert_eq!(missing.reason.as_str(), "missing_reference");
         for reference in ["", "  ", r"\boxed{}"] {
             let invalid = rule()
                 .check(&candidate("12", Some(reference)))
                 .expect_err(reference);
-            assert_eq!(invalid.reason, "invalid_reference", "{reference:?}");
+            assert_eq!(
+                invalid.reason.as_str(),
+                "invalid_reference",
+                "{reference:?}"
+            );
         }
     }
 
