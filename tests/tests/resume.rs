@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -114,33 +113,11 @@ async fn score_through_a_restarted_gateway_writes_every_line() {
     );
     std::fs::write(&config, text).unwrap();
     let input = dir.path().join("in.jsonl");
-    let lines: Vec<String> = (0..N)
-        .map(|i| {
-            let c = candidate(i);
-            serde_json::json!({"id": c.id, "group_id": c.group_id, "prompt": "q", "response": c.response, "reference": c.reference}).to_string()
-        })
-        .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
+    write_input(&input, N);
     let output = dir.path().join("out.jsonl");
 
     let mut gateway = Process::start("gateway", &["gateway"], &config, "listening");
-    let mut client = Command::new(binary())
-        .args([
-            "score",
-            "--window",
-            "2048",
-            "--batch-size",
-            "128",
-            "--gateway",
-        ])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = support::process::spawn_score(port, &input, &output);
 
     // Every job queued (groups of 8 in jobs of 64), none scored: no worker runs yet.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -161,28 +138,9 @@ async fn score_through_a_restarted_gateway_writes_every_line() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _worker = Process::start("worker", &["worker"], &config, "pulling");
 
-    let status = timeout(Duration::from_secs(60), async {
-        loop {
-            if let Some(status) = client.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("score finishes");
+    let status = support::process::wait_exit(&mut client, Duration::from_secs(60)).await;
     assert!(status.success(), "rewardfleet score exited with {status}");
-    let out = std::fs::read_to_string(&output).unwrap();
-    let values: HashMap<String, f64> = out
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].as_str().unwrap().to_owned(),
-                v["reward"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let values = read_rewards(&output);
     assert_eq!(values.len(), N);
     for i in 0..N {
         assert_eq!(values[&candidate(i).id], expected(i));

@@ -235,6 +235,32 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Writes candidates `0..n` (see [`candidate`]) as a JSONL input file at `path`.
+pub fn write_input(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let c = candidate(i);
+            serde_json::json!({"id": c.id, "group_id": c.group_id, "prompt": "q", "response": c.response, "reference": c.reference}).to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// The rewards of an output file by candidate id; every line OK and no id twice.
+pub fn read_rewards(path: &Path) -> HashMap<String, f64> {
+    let mut by_id = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["status"], "OK", "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert!(
+            by_id.insert(id, v["reward"].as_f64().unwrap()).is_none(),
+            "duplicate line"
+        );
+    }
+    by_id
+}
+
 /// Scores `candidates` with embedded `rewardfleet score --profile <profile> --config <config>`
 /// (the input written as JSONL under `dir`) and returns each output line by candidate id.
 pub fn score_embedded(

@@ -86,3 +86,40 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// `rewardfleet score --gateway http://127.0.0.1:<port> input -o output`, with a window of
+/// 2048 and batches of 128, started in the background.
+pub fn spawn_score(port: u16, input: &Path, output: &Path) -> Child {
+    Command::new(super::binary())
+        .args([
+            "score",
+            "--window",
+            "2048",
+            "--batch-size",
+            "128",
+            "--gateway",
+        ])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit, at most `limit`.
+pub async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the process did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
