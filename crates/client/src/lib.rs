@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -163,18 +163,7 @@ pub async fn score_batch(
 /// `size` makes a batch of its own). Groups keep the order of their first candidate; an empty
 /// `group_id` is a group of one.
 pub fn batches(candidates: Vec<Candidate>, size: usize) -> Vec<Vec<Candidate>> {
-    let mut groups: Vec<Vec<Candidate>> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for c in candidates {
-        if c.group_id.is_empty() {
-            groups.push(vec![c]);
-        } else if let Some(&i) = index.get(&c.group_id) {
-            groups[i].push(c);
-        } else {
-            index.insert(c.group_id.clone(), groups.len());
-            groups.push(vec![c]);
-        }
-    }
+    let groups = rewardfleet_core::job::into_groups(candidates);
     let size = size.max(1);
     let mut out: Vec<Vec<Candidate>> = Vec::new();
     let mut current: Vec<Candidate> = Vec::new();
