@@ -51,6 +51,20 @@ pub struct OutputLine {
     /// The input line (1-based), for lines that could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// Where the reward's time went, in milliseconds (absent when it was not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<TimingMs>,
+}
+
+/// A reward's timing, in milliseconds (the `Reward.timing` field of the gRPC API).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TimingMs {
+    /// Outside scoring: queued and in transit.
+    pub queue_ms: f64,
+    /// Its job's scoring on a worker.
+    pub scoring_ms: f64,
+    /// From its batch's arrival at the gateway to its reward's send.
+    pub total_ms: f64,
 }
 
 /// A line that could not be turned into a candidate.
@@ -75,6 +89,7 @@ impl LineError {
             error: Some(format!("line {}: {}", self.line, self.message)),
             flags: Vec::new(),
             line: Some(self.line),
+            timing: None,
         }
     }
 }
@@ -142,6 +157,7 @@ pub fn missing_reward(id: &str) -> OutputLine {
         error: Some("no reward was received for this candidate".into()),
         flags: Vec::new(),
         line: None,
+        timing: None,
     }
 }
 
@@ -164,7 +180,17 @@ pub fn output(reward: &Reward) -> OutputLine {
         error: (!reward.error.is_empty()).then(|| reward.error.clone()),
         flags: reward.flags.clone(),
         line: None,
+        timing: reward.timing.map(|t| TimingMs {
+            queue_ms: round_ms(t.queue_ms),
+            scoring_ms: round_ms(t.scoring_ms),
+            total_ms: round_ms(t.total_ms),
+        }),
     }
+}
+
+/// Milliseconds to microsecond precision: enough to read, short to write.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
 }
 
 #[cfg(test)]

@@ -162,6 +162,7 @@ mod tests {
             error: (status == "FAILED").then(|| "component \"j\" failed (timeout): slow".into()),
             flags: Vec::new(),
             line: None,
+            timing: None,
         }
     }
 

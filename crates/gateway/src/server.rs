@@ -10,7 +10,9 @@ use rewardfleet_proto::v1::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use rewardfleet_telemetry::TraceContext;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::{Gateway, ScoreStream};
 
@@ -37,16 +39,19 @@ impl RewardService for RewardApi {
         &self,
         request: Request<Streaming<ScoreRequest>>,
     ) -> Result<Response<Self::ScoreStream>, Status> {
+        // The session (a child) keeps this span open until the stream ends.
+        let span = rpc_span("Score", request.metadata());
         let requests = request.into_inner();
-        Ok(Response::new(
-            self.gateway.score(requests, self.sessions.child_token()),
-        ))
+        let responses =
+            span.in_scope(|| self.gateway.score(requests, self.sessions.child_token()));
+        Ok(Response::new(responses))
     }
 
     async fn score_batch(
         &self,
         request: Request<ScoreBatchRequest>,
     ) -> Result<Response<ScoreBatchResponse>, Status> {
+        let span = rpc_span("ScoreBatch", request.metadata());
         let request = request.into_inner();
         let rewards = self
             .gateway
@@ -55,8 +60,12 @@ impl RewardService for RewardApi {
                 request.candidates,
                 self.sessions.child_token(),
             )
-            .await?;
-        Ok(Response::new(ScoreBatchResponse { rewards }))
+            .instrument(span.clone())
+            .await;
+        if let Err(status) = &rewards {
+            span.record("error.type", format!("{:?}", status.code()));
+        }
+        Ok(Response::new(ScoreBatchResponse { rewards: rewards? }))
     }
 
     async fn list_profiles(
@@ -67,6 +76,28 @@ impl RewardService for RewardApi {
             profiles: self.gateway.profiles().to_vec(),
         }))
     }
+}
+
+/// The server span of one call, continuing the trainer's trace when its metadata carries
+/// `traceparent`.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("rewardfleet.v1.RewardService/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "rewardfleet.v1.RewardService",
+        rpc.method = method,
+        error.type = tracing::field::Empty,
+    );
+    let headers = metadata.clone().into_headers();
+    TraceContext::from_fields(
+        headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    )
+    .set_parent_of(&span);
+    span
 }
 
 /// Largest gRPC message accepted from a trainer (a batch), in bytes.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, split_into_jobs};
@@ -17,7 +17,11 @@ use rewardfleet_proto::v1::{
     Batch, BatchAccepted, Close, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen,
     SessionOpened, score_request, score_response,
 };
+use rewardfleet_proto::v1::Timing;
 use rewardfleet_queue::{QueueError, ResultStream, SessionEvent};
+use rewardfleet_telemetry::metrics::label;
+use rewardfleet_telemetry::{metrics, trace_id};
+use tracing::{Instrument, Span};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -123,7 +127,13 @@ impl Gateway {
     {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.clone();
-        self.inner.sessions.spawn(async move {
+        // A child of the caller's span (the gRPC call's, when there is one).
+        let span = tracing::info_span!(
+            "session",
+            rewardfleet.session_id = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let session = async move {
             match gateway.run_session(requests, &tx, cancel).await {
                 Ok((_, Ended::Closed)) => {}
                 Ok((id, Ended::ClientLeft)) if resumable == Resumable::No => {
@@ -137,10 +147,13 @@ impl Gateway {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "session ended with an error");
-                    let _ = tx.send(Err(e.into())).await;
+                    let status = Status::from(e);
+                    Span::current().record("error.type", format!("{:?}", status.code()));
+                    let _ = tx.send(Err(status)).await;
                 }
             }
-        });
+        };
+        self.inner.sessions.spawn(session.instrument(span));
         Box::pin(ReceiverStream::new(rx))
     }
 
@@ -168,6 +181,7 @@ impl Gateway {
             None => return Ok((String::new(), Ended::ClientLeft)),
         };
         let mut session = self.open_session(open)?;
+        Span::current().record("rewardfleet.session_id", session.id.as_str());
         let mut events = self.subscribe(&session.id, &cancel).await?;
         let opened = ScoreResponse {
             kind: Some(score_response::Kind::Opened(SessionOpened {
@@ -181,6 +195,9 @@ impl Gateway {
         }
         let stats = &self.inner.stats;
         stats.sessions.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = metrics() {
+            m.sessions_open.add(1, &[]);
+        }
         let outcome = self
             .drive(&mut session, &mut requests, &mut events, tx, &cancel)
             .await;
@@ -188,6 +205,11 @@ impl Gateway {
         stats
             .in_flight
             .fetch_sub(session.owed.len(), Ordering::Relaxed);
+        if let Some(m) = metrics() {
+            m.sessions_open.add(-1, &[]);
+            m.candidates_in_flight
+                .add(-(session.owed.len() as i64), &[]);
+        }
         outcome.map(|ended| (session.id, ended))
     }
 
@@ -223,6 +245,14 @@ impl Gateway {
                 }
                 continue;
             }
+            let stalled = !session.closing && !session.can_read();
+            if stalled
+                && !session.stalled
+                && let Some(m) = metrics()
+            {
+                m.window_stalls.add(1, &[]);
+            }
+            session.stalled = stalled;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
@@ -354,6 +384,16 @@ impl Gateway {
         }
         let jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)
             .map_err(|e| GatewayError::input("batch", e))?;
+        let arrived = Instant::now();
+        for job in &jobs {
+            session.clocks.insert(
+                job.job_id.clone(),
+                JobClock {
+                    arrived,
+                    profile: profile.clone(),
+                },
+            );
+        }
         if !rejected.is_empty() {
             // Answered through the session's record like any result, so a resume sees them.
             let result = JobResult {
@@ -447,17 +487,34 @@ impl Gateway {
                 session.caught_up = true;
                 true
             }
-            SessionEvent::Result(result) => self.deliver(session, result, tx).await,
+            SessionEvent::Result(result, trace) => {
+                // The send continues the trace of the worker that published the result.
+                let span = tracing::info_span!(
+                    "send",
+                    otel.name = "send rewards",
+                    rewardfleet.job_id = %result.job_id,
+                    rewardfleet.rewards = result.rewards.len(),
+                );
+                trace.set_parent_of(&span);
+                self.deliver(session, result, tx).instrument(span).await
+            }
         }
     }
 
     /// Marks candidates as owed a reward, unless this stream already sent theirs.
     fn owe<'a>(&self, session: &mut Session, ids: impl Iterator<Item = &'a str>) {
         let stats = &self.inner.stats;
+        let mut added = 0;
         for id in ids {
             if !session.delivered.contains(id) && session.owed.insert(id.to_owned()) {
                 stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                added += 1;
             }
+        }
+        if added > 0
+            && let Some(m) = metrics()
+        {
+            m.candidates_in_flight.add(added, &[]);
         }
         stats
             .max_session_in_flight
@@ -471,12 +528,41 @@ impl Gateway {
         result: JobResult,
         tx: &mpsc::Sender<Result<ScoreResponse, Status>>,
     ) -> bool {
-        for reward in result.rewards {
+        let clock = session.clocks.remove(&result.job_id);
+        let m = metrics();
+        let mut failed = 0;
+        for mut reward in result.rewards {
             if !session.delivered.insert(reward.candidate_id.clone()) {
                 continue;
             }
             if session.owed.remove(&reward.candidate_id) {
                 self.inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if let Some(m) = m {
+                    m.candidates_in_flight.add(-1, &[]);
+                }
+            }
+            if reward.status() == rewardfleet_core::RewardStatus::Failed {
+                failed += 1;
+            }
+            if let Some(clock) = &clock {
+                let timing = reward.timing.get_or_insert_with(Timing::default);
+                let total = clock.arrived.elapsed().as_secs_f64() * 1e3;
+                timing.total_ms = total;
+                timing.queue_ms = (total - timing.scoring_ms).max(0.0);
+                if let Some(m) = m {
+                    let profile = label("profile", clock.profile.clone());
+                    m.reward_latency
+                        .record(total / 1e3, std::slice::from_ref(&profile));
+                    m.queue_wait
+                        .record(timing.queue_ms / 1e3, std::slice::from_ref(&profile));
+                    m.rewards.add(
+                        1,
+                        &[
+                            profile,
+                            label("status", status_name(reward.status())),
+                        ],
+                    );
+                }
             }
             let response = ScoreResponse {
                 kind: Some(score_response::Kind::Reward(reward)),
@@ -485,8 +571,33 @@ impl Gateway {
                 return false;
             }
         }
+        if failed > 0 {
+            tracing::debug!(
+                session = %session.id,
+                job = %result.job_id,
+                failed,
+                trace_id = trace_id(&Span::current()).as_deref(),
+                "FAILED rewards sent"
+            );
+        }
         true
     }
+}
+
+/// A reward status as metrics name it.
+fn status_name(status: rewardfleet_core::RewardStatus) -> &'static str {
+    match status {
+        rewardfleet_core::RewardStatus::Ok => "ok",
+        rewardfleet_core::RewardStatus::Degraded => "degraded",
+        rewardfleet_core::RewardStatus::Failed => "failed",
+        rewardfleet_core::RewardStatus::Unspecified => "unspecified",
+    }
+}
+
+/// When a job's batch arrived, and its profile: for the rewards' timing and metrics.
+struct JobClock {
+    arrived: Instant,
+    profile: String,
 }
 
 /// The end of a session whose request stream failed: a request that cannot be decoded is the
@@ -555,6 +666,10 @@ struct Session {
     batch_index: u64,
     batch_size: usize,
     closing: bool,
+    /// The window is full (or a batch waits for room): requests are not read.
+    stalled: bool,
+    /// Jobs accepted on this stream and not yet answered, with when their batch arrived.
+    clocks: HashMap<String, JobClock>,
 }
 
 impl Session {

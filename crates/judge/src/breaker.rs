@@ -34,6 +34,8 @@ enum State {
 /// Opens the circuit after `threshold` failures in a row (0 disables it).
 #[derive(Clone)]
 pub(crate) struct CircuitBreakerLayer {
+    /// The judge, for the `rewardfleet_judge_circuit_state` gauge (none: not exported).
+    judge: Option<Arc<str>>,
     threshold: u32,
     open_for: Duration,
     is_failure: fn(&BoxError) -> bool,
@@ -46,9 +48,34 @@ impl CircuitBreakerLayer {
         is_failure: fn(&BoxError) -> bool,
     ) -> Self {
         Self {
+            judge: None,
             threshold,
             open_for,
             is_failure,
+        }
+    }
+
+    /// Exports the circuit's state as judge `judge`'s.
+    pub(crate) fn named(mut self, judge: &str) -> Self {
+        self.judge = Some(judge.into());
+        self
+    }
+
+    /// Records `state` in the gauge.
+    fn export(&self, state: &State) {
+        if let (Some(judge), Some(m)) = (&self.judge, rewardfleet_telemetry::metrics()) {
+            let value = match state {
+                State::Closed { .. } => 0,
+                State::HalfOpen { .. } => 1,
+                State::Open { .. } => 2,
+            };
+            m.judge_circuit_state.record(
+                value,
+                &[rewardfleet_telemetry::metrics::label(
+                    "judge",
+                    judge.to_string(),
+                )],
+            );
         }
     }
 }
@@ -111,6 +138,7 @@ where
                 State::Closed { .. } => Admit::Pass,
                 State::Open { until, failures } if now >= until => {
                     *state = State::HalfOpen { failures };
+                    self.layer.export(&state);
                     Admit::Probe
                 }
                 State::Open { until, failures } => Admit::Refuse(CircuitOpen {
@@ -159,6 +187,7 @@ where
                     },
                 }
             };
+            layer.export(&state);
             result
         })
     }

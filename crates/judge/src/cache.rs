@@ -238,6 +238,7 @@ mod tests {
             content: content.into(),
             logprobs: None,
             usage: Default::default(),
+            model: None,
         }
     }
 

@@ -92,6 +92,9 @@ pub struct Completion {
     pub logprobs: Option<Vec<TokenLogprobs>>,
     /// Tokens used (zero for a cached answer).
     pub usage: TokenUsage,
+    /// The model that answered, as the endpoint names it (may differ from the one asked for).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// Why one attempt failed (before any retry).
@@ -221,7 +224,14 @@ impl HttpJudge {
 /// OpenTelemetry context, if one is current and valid.
 fn inject_trace_context(headers: &mut HeaderMap) {
     use opentelemetry::trace::TraceContextExt;
-    let cx = opentelemetry::Context::current();
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // The current `tracing` span (the attempt's), else whatever OpenTelemetry context is active.
+    let span_cx = tracing::Span::current().context();
+    let cx = if span_cx.span().span_context().is_valid() {
+        span_cx
+    } else {
+        opentelemetry::Context::current()
+    };
     let span = cx.span();
     let sc = span.span_context();
     if !sc.is_valid() {
@@ -256,6 +266,8 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The OpenAI chat completion fields a judge needs.
 #[derive(Deserialize)]
 struct WireCompletion {
+    #[serde(default)]
+    model: Option<String>,
     choices: Vec<WireChoice>,
     #[serde(default)]
     usage: Option<TokenUsage>,
@@ -297,6 +309,7 @@ struct WireTop {
 pub(crate) fn parse_completion(bytes: &[u8]) -> Result<Completion, AttemptError> {
     let wire: WireCompletion =
         serde_json::from_slice(bytes).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+    let model = wire.model;
     let choice = wire
         .choices
         .into_iter()
@@ -325,6 +338,7 @@ pub(crate) fn parse_completion(bytes: &[u8]) -> Result<Completion, AttemptError>
         content: choice.message.content.unwrap_or_default(),
         logprobs,
         usage: wire.usage.unwrap_or_default(),
+        model,
     })
 }
 

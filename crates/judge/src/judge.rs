@@ -11,7 +11,11 @@ use rewardfleet_core::{ScoreContext, ScoreError};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
+use rewardfleet_telemetry::metrics::{label, metrics};
+use tower::load_shed::error::Overloaded;
+
 use crate::JudgeError;
+use crate::breaker::CircuitOpen;
 use crate::cache::{Answer, Cache, CacheKey};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
 use crate::stack::{self, JudgeService};
@@ -153,9 +157,23 @@ impl Judge {
         let failure_ttl = self.config.failure_cache_ttl;
         let key = (!ttl.is_zero() || !failure_ttl.is_zero())
             .then(|| CacheKey::new(&self.fingerprint, template, &req));
-        if let Some(key) = &key
-            && let Some(hit) = self.cache.get(key, ttl, failure_ttl).await
+        let cached = match &key {
+            Some(key) => self.cache.get(key, ttl, failure_ttl).await,
+            None => None,
+        };
+        if key.is_some()
+            && let Some(m) = metrics()
         {
+            let result = if cached.is_some() { "hit" } else { "miss" };
+            m.cache_lookups.add(
+                1,
+                &[
+                    label("judge", self.name().to_owned()),
+                    label("result", result),
+                ],
+            );
+        }
+        if let Some(hit) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return match hit {
                 Answer::Verdict(c) | Answer::Unreadable(c) => Ok(Completion {
@@ -189,6 +207,24 @@ impl Judge {
             Ok(c) => c,
             Err(e) => {
                 self.failed_calls.fetch_add(1, Ordering::Relaxed);
+                // Attempts that reached the endpoint are counted by their own layer; these
+                // never left the worker.
+                let refused = if e.is::<Overloaded>() {
+                    Some("shed")
+                } else if e.is::<CircuitOpen>() {
+                    Some("circuit_open")
+                } else {
+                    None
+                };
+                if let (Some(outcome), Some(m)) = (refused, metrics()) {
+                    m.judge_requests.add(
+                        1,
+                        &[
+                            label("judge", self.name().to_owned()),
+                            label("outcome", outcome),
+                        ],
+                    );
+                }
                 let error = stack::score_error(self.name(), &e);
                 tracing::debug!(judge = self.name(), reason = %error.reason, "judge call failed");
                 if let Some(key) = &key

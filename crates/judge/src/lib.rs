@@ -17,6 +17,7 @@
 //! | `anchor` | `0` | pairwise: index in the group of the anchor candidate |
 
 mod admission;
+mod attempts;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod breaker;

@@ -20,6 +20,7 @@ use tower::util::rng::HasherRng;
 
 use crate::JudgeError;
 use crate::admission::AdmissionLayer;
+use crate::attempts::AttemptsLayer;
 use crate::breaker::{CircuitBreakerLayer, CircuitOpen};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
 use crate::tokens::TokenRateLimitLayer;
@@ -89,15 +90,20 @@ pub(crate) fn build(
         // Circuit breaker: after `circuit_breaker_failures` failed judgements in a row, refuse
         // calls for `circuit_breaker_open_for`, then let one probe through. Above retry, so it
         // counts judgements that failed after their retries, not single attempts.
-        .layer(CircuitBreakerLayer::new(
-            config.circuit_breaker_failures,
-            config.circuit_breaker_open_for,
-            is_endpoint_failure,
-        ))
+        .layer(
+            CircuitBreakerLayer::new(
+                config.circuit_breaker_failures,
+                config.circuit_breaker_open_for,
+                is_endpoint_failure,
+            )
+            .named(&config.name),
+        )
         // Retries of transient failures (429, 5xx, timeouts, transport): exponential backoff
         // with jitter, at least `Retry-After` for 429/503, at most `max_retries`, within the
         // retry budget, and never past the request's deadline.
         .layer(RetryLayer::new(retry))
+        // Each attempt's span, outcome, latency and tokens (timeouts included).
+        .layer(AttemptsLayer::new(&config.name, &config.model, &config.base_url))
         // The per-attempt timeout: a hung attempt is cut and retried.
         .timeout(config.timeout)
         .service(http.clone());

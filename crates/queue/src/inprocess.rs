@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use rewardfleet_core::config::WorkerConfig;
 use rewardfleet_core::{Job, JobAccepted, JobResult};
+use rewardfleet_telemetry::TraceContext;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
@@ -90,6 +91,8 @@ struct State {
 
 struct LiveJob {
     job: Job,
+    /// The trace context of the span that published it.
+    trace_context: TraceContext,
     /// Deliveries so far.
     delivered: u64,
     /// Identifies the current delivery: stale timers and ackers check it.
@@ -214,8 +217,12 @@ impl Inner {
                 state,
                 &result.session_id.clone(),
                 result.job_id.clone(),
-                SessionEvent::Result(result),
+                SessionEvent::Result(result, TraceContext::default()),
             );
+            if let Some(m) = rewardfleet_telemetry::metrics() {
+                m.jobs_dead_lettered
+                    .add(1, &[rewardfleet_telemetry::metrics::label("pool", "embedded")]);
+            }
             return;
         }
         job.generation += 1;
@@ -276,6 +283,8 @@ impl Inner {
                     job_id: job_id.clone(),
                     generation,
                 }),
+                trace_context: job.trace_context.clone(),
+                subject: None,
             };
             self.watch_ack_wait(job_id, generation, deadline);
             return Some(delivery);
@@ -383,6 +392,7 @@ impl Queue for InProcessQueue {
             job.job_id.clone(),
             LiveJob {
                 job: job.clone(),
+                trace_context: TraceContext::current(),
                 delivered: 0,
                 generation: 0,
                 phase: Phase::Ready,
@@ -417,7 +427,7 @@ impl Queue for InProcessQueue {
             &mut state,
             &result.session_id,
             result.job_id.clone(),
-            SessionEvent::Result(result.clone()),
+            SessionEvent::Result(result.clone(), TraceContext::current()),
         );
         Ok(())
     }

@@ -19,6 +19,9 @@
 //!   last sequence seen after a reconnect or a server restart.
 //! - **Dead letters**: a job delivered `max_deliver` times and never acknowledged (its workers
 //!   crashed) gets FAILED rewards from [`JetStreamQueue::watch_dead_letters`], run by gateways.
+//! - **Heartbeats**: KV buckets `<prefix>_workers` and `<prefix>_gateways`, one entry per live
+//!   process, expiring three heartbeat intervals after its last renewal
+//!   ([`JetStreamQueue::heartbeat`]); [`StatusReader`] reads them with the pools' lag.
 //!
 //! The session token is the session id where it is made of ASCII letters, digits and `-`;
 //! any other byte (including `_`) is written `_XX` (hex), so every session id maps to its own
@@ -40,14 +43,22 @@ use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use rewardfleet_core::config::{NatsConfig, WorkerConfig};
 use rewardfleet_core::{Job, JobAccepted, JobResult};
+use rewardfleet_telemetry::TraceContext;
 use tokio::sync::watch;
+use tracing::Instrument;
 use tokio::time::Instant;
 
 use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream, SessionEvent};
 
 mod deadletter;
+mod heartbeat;
+mod status;
 
 pub use crate::DEAD_LETTER_WORKER;
+pub use heartbeat::{
+    GatewayHeartbeat, Heartbeat, RecentRates, Role, TTL_FACTOR, WorkerHeartbeat, heartbeat_key,
+};
+pub use status::{JobsStreamStatus, PoolLag, StatusReader};
 
 /// How long one pull request waits at the server for jobs before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -365,13 +376,16 @@ impl Queue for JetStreamQueue {
     async fn publish_job(&self, job: &Job) -> Result<(), QueueError> {
         check_msg_id("job_id", &job.job_id)?;
         let subject = self.session_jobs_subject(&self.pool, &job.session_id);
+        let span = publish_span(&self.jobs_subject(&self.pool), &subject, &job.job_id);
+        let headers = traced_headers(&span);
         self.publish(
             "job",
             subject,
-            HeaderMap::new(),
+            headers,
             job.job_id.clone(),
             job.encode_to_vec().into(),
         )
+        .instrument(span)
         .await
     }
 
@@ -392,13 +406,16 @@ impl Queue for JetStreamQueue {
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError> {
         check_msg_id("job_id", &result.job_id)?;
         let subject = self.results_subject(&result.session_id);
+        let span = publish_span(&self.results_subject("*"), &subject, &result.job_id);
+        let headers = traced_headers(&span);
         self.publish(
             "result",
             subject,
-            HeaderMap::new(),
+            headers,
             format!("r.{}", result.job_id),
             result.encode_to_vec().into(),
         )
+        .instrument(span)
         .await
     }
 
@@ -583,6 +600,41 @@ impl ResultFollower {
     }
 }
 
+/// The producer span of one publish: named after the subject's pattern (bounded), with the
+/// concrete subject as its destination.
+fn publish_span(pattern: &str, subject: &str, message_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {pattern}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %message_id,
+    )
+}
+
+/// Headers that carry `span`'s trace context to whoever takes the message.
+fn traced_headers(span: &tracing::Span) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in TraceContext::of(span).fields() {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// The trace context a message carries in its headers.
+pub(crate) fn trace_context(headers: Option<&HeaderMap>) -> TraceContext {
+    let Some(headers) = headers else {
+        return TraceContext::default();
+    };
+    TraceContext::from_fields(
+        headers
+            .iter()
+            .filter_map(|(name, values)| Some((name.as_ref(), values.first()?.as_str()))),
+    )
+}
+
 /// Reads one entry of a session's record.
 fn session_event(message: &jetstream::Message) -> Result<SessionEvent, prost::DecodeError> {
     let accepted = message
@@ -593,7 +645,8 @@ fn session_event(message: &jetstream::Message) -> Result<SessionEvent, prost::De
     if accepted {
         JobAccepted::decode(message.payload.clone()).map(SessionEvent::Accepted)
     } else {
-        JobResult::decode(message.payload.clone()).map(SessionEvent::Result)
+        let trace = trace_context(message.headers.as_ref());
+        JobResult::decode(message.payload.clone()).map(|r| SessionEvent::Result(r, trace))
     }
 }
 
@@ -648,11 +701,15 @@ impl JetStreamJobs {
             }
         };
         let (message, acker) = message.split();
+        let trace_context = trace_context(message.headers.as_ref());
+        let subject = message.subject.to_string();
         match Job::decode(message.payload) {
             Ok(job) => Ok(Delivery {
                 job,
                 attempt,
                 max_deliver: self.max_deliver,
+                trace_context,
+                subject: Some(subject),
                 acker: Box::new(JetStreamAcker {
                     acker,
                     connected: self.connected.clone(),

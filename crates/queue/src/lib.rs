@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use rewardfleet_core::{Job, JobAccepted, JobResult};
+pub use rewardfleet_telemetry::TraceContext;
 
 pub use error::{Cause, Chain, QueueError};
 pub use inprocess::InProcessQueue;
@@ -43,8 +44,8 @@ pub type ResultStream = BoxStream<'static, Result<SessionEvent, QueueError>>;
 pub enum SessionEvent {
     /// A job of the session was durably queued.
     Accepted(JobAccepted),
-    /// A job's rewards.
-    Result(JobResult),
+    /// A job's rewards, and the trace context of the span that published them.
+    Result(JobResult, TraceContext),
     /// Everything retained when the stream was opened has been replayed.
     CaughtUp,
 }
@@ -53,7 +54,8 @@ pub enum SessionEvent {
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Queues a job durably; returns once the queue has acknowledged it. Publishing the same
-    /// `job_id` again within the dedup window is accepted and has no effect.
+    /// `job_id` again within the dedup window is accepted and has no effect. The current span's
+    /// trace context travels with the job (in message headers on JetStream).
     async fn publish_job(&self, job: &Job) -> Result<(), QueueError>;
 
     /// Records in the session's ledger that a job was accepted (call it once
@@ -62,7 +64,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn record_accepted(&self, entry: &JobAccepted) -> Result<(), QueueError>;
 
     /// Publishes a job's result to its session; returns once the queue has acknowledged it.
-    /// A result for the same `job_id` published twice is delivered once.
+    /// A result for the same `job_id` published twice is delivered once. The current span's
+    /// trace context travels with it.
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError>;
 
     /// The events of a session: every entry still retained, then new ones as they come.
@@ -104,6 +107,10 @@ pub struct Delivery {
     pub max_deliver: u64,
     /// How the worker reports back.
     pub acker: Box<dyn Acker>,
+    /// The trace context of the span that published the job (empty when none was traced).
+    pub trace_context: TraceContext,
+    /// The NATS subject the job came on; `None` for the in-process queue.
+    pub subject: Option<String>,
 }
 
 impl Delivery {

@@ -151,7 +151,7 @@ async fn next_result_within(stream: &mut ResultStream, wait: Duration) -> Option
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match next_event_within(stream, left).await? {
-            SessionEvent::Result(result) => return Some(result),
+            SessionEvent::Result(result, _) => return Some(result),
             SessionEvent::Accepted(_) | SessionEvent::CaughtUp => {}
         }
     }
@@ -353,13 +353,13 @@ async fn ledger_replays_in_order_then_caught_up(h: &Harness) {
     );
     assert_eq!(
         next_event(&mut stream).await,
-        SessionEvent::Result(result("s1", 1))
+        SessionEvent::Result(result("s1", 1), Default::default())
     );
     assert_eq!(next_event(&mut stream).await, SessionEvent::CaughtUp);
     q.publish_result(&result("s1", 2)).await.expect("publish");
     assert_eq!(
         next_event(&mut stream).await,
-        SessionEvent::Result(result("s1", 2))
+        SessionEvent::Result(result("s1", 2), Default::default())
     );
     assert!(next_event_within(&mut stream, QUIET).await.is_none());
 }

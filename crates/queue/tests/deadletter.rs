@@ -108,7 +108,7 @@ async fn results_for(results: &mut ResultStream, job_ids: &[&str]) -> HashMap<St
     timeout(Duration::from_secs(30), async {
         while job_ids.iter().any(|id| !got.contains_key(*id)) {
             match results.next().await {
-                Some(Ok(SessionEvent::Result(r))) => {
+                Some(Ok(SessionEvent::Result(r, _))) => {
                     got.insert(r.job_id.clone(), r);
                 }
                 Some(Ok(_)) => {}

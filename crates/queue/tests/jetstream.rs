@@ -47,7 +47,7 @@ fn job(n: usize) -> Job {
 async fn next_result(results: &mut ResultStream) -> JobResult {
     loop {
         match results.next().await {
-            Some(Ok(SessionEvent::Result(r))) => return r,
+            Some(Ok(SessionEvent::Result(r, _))) => return r,
             Some(Ok(_)) => {}
             Some(Err(e)) => eprintln!("passing error: {e}"),
             None => panic!("results stream ended"),
@@ -179,7 +179,7 @@ async fn kill_and_restart_loses_nothing() {
     let collected = timeout(Duration::from_secs(30), async {
         while seen.len() < JOBS {
             match results.next().await {
-                Some(Ok(SessionEvent::Result(r))) => *seen.entry(r.job_id).or_default() += 1,
+                Some(Ok(SessionEvent::Result(r, _))) => *seen.entry(r.job_id).or_default() += 1,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => eprintln!("results: passing error: {e}"),
                 None => panic!("results stream ended"),

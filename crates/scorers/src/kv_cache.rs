@@ -140,6 +140,7 @@ mod tests {
             content: content.into(),
             logprobs: None,
             usage: Default::default(),
+            model: None,
         }
     }
 

@@ -3,6 +3,9 @@
 //! [`kv_cache`] keeps the judges' verdicts in the fleet's NATS KV bucket.
 
 pub mod kv_cache;
+mod observed;
+
+use observed::Observed;
 
 use rewardfleet_core::FailureReason;
 use std::collections::HashMap;
@@ -157,7 +160,10 @@ fn build_profile(
         let fallback = match c.fallback_component(is_judge) {
             None => None,
             Some(f) => match build_component(&f, config, sources) {
-                Ok((scorer, _)) => Some((f.scorer.unwrap_or_default(), scorer)),
+                Ok((scorer, kind)) => {
+                    let name = f.scorer.unwrap_or_default();
+                    Some((name.clone(), Observed::wrap(name, kind, scorer)))
+                }
                 Err(ps) => {
                     problems.extend(fallback_problems(c, &path, config, ps));
                     None
@@ -170,7 +176,7 @@ fn build_profile(
                 kind,
                 weight: c.effective_weight(),
                 gate: c.gate.then_some(c.gate_threshold),
-                scorer,
+                scorer: Observed::wrap(c.display_name(), kind, scorer),
                 fallback,
             }),
             Err(ps) => problems.extend(ps.into_iter().map(|p| prefixed(&path, p))),

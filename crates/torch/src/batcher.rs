@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use rewardfleet_core::ScoreError;
 use tokio::sync::oneshot;
 
+use rewardfleet_telemetry::TraceContext;
+use rewardfleet_telemetry::metrics::{label, metrics};
+
 use crate::stats::Counters;
 use crate::text::Encoder;
 
@@ -76,6 +79,8 @@ pub(crate) struct Entry {
     pub ids: Vec<i64>,
     pub reply: oneshot::Sender<Reply>,
     pub since: Instant,
+    /// The trace context of the scorer call it came from (the batch's span links to it).
+    pub trace: TraceContext,
     pub _permit: Permit,
 }
 
@@ -221,6 +226,7 @@ impl Batcher {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Work(requests, span) => {
+                let trace = TraceContext::of(&span);
                 let _enter = span.enter();
                 let now = Instant::now();
                 for r in requests {
@@ -233,12 +239,19 @@ impl Batcher {
                             ids,
                             reply: r.reply,
                             since: now,
+                            trace: trace.clone(),
                             _permit: r.permit,
                         }),
                         Err(e) => {
                             let _ = r.reply.send(Err(e));
                         }
                     }
+                }
+                if let Some(m) = metrics() {
+                    m.tokenize_duration.record(
+                        now.elapsed().as_secs_f64(),
+                        &[label("model", self.settings.model.clone())],
+                    );
                 }
                 true
             }

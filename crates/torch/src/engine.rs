@@ -10,10 +10,13 @@ use std::time::Instant;
 
 use rewardfleet_core::ScoreError;
 use rewardfleet_core::config::{self, Dtype, ModelConfig, ModelKind, Pooling};
+use rewardfleet_telemetry::TraceContext;
+use rewardfleet_telemetry::metrics::{label, metrics};
 use tch::{CModule, Device, IValue, Kind, Tensor};
+use tracing::Span;
 
 use crate::TorchError;
-use crate::batcher::{Batch, Msg};
+use crate::batcher::{Batch, Entry, Msg};
 use crate::error::brief;
 use crate::stats::Counters;
 
@@ -385,7 +388,8 @@ impl Replica {
         }
         let rows: Vec<&[i64]> = entries.iter().map(|e| e.ids.as_slice()).collect();
         let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let span = tracing::debug_span!("forward", model = %self.model, replica = self.index, batch = rows.len(), width, full = batch.full);
+        let real: usize = rows.iter().map(|r| r.len()).sum();
+        let span = self.batch_span(&entries, width, real, batch.full);
         let _enter = span.enter();
         let start = Instant::now();
         let result = self
@@ -402,6 +406,16 @@ impl Replica {
             .fetch_add(rows.iter().map(|r| r.len() as u64).sum(), Ordering::Relaxed);
         c.padded_tokens
             .fetch_add((rows.len() * width) as u64, Ordering::Relaxed);
+        if let Some(m) = metrics() {
+            let model = [label("model", self.model.clone())];
+            let padded = (rows.len() * width).max(1);
+            m.forward_duration
+                .record(start.elapsed().as_secs_f64(), &model);
+            m.batch_size.record(rows.len() as f64, &model);
+            m.batch_tokens.record(padded as f64, &model);
+            m.padding_ratio
+                .record(1.0 - real as f64 / padded as f64, &model);
+        }
         match result {
             Ok(outputs) if outputs.len() == entries.len() => {
                 for (e, out) in entries.into_iter().zip(outputs) {
@@ -451,6 +465,35 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// The batch's span: a child of its first text's scorer span, linked to every other job
+    /// it serves, so each job's trace shows the batch it joined.
+    fn batch_span(&self, entries: &[Entry], width: usize, real: usize, full: bool) -> Span {
+        let mut traces: Vec<&TraceContext> = Vec::new();
+        for e in entries {
+            if !e.trace.is_empty() && !traces.contains(&&e.trace) {
+                traces.push(&e.trace);
+            }
+        }
+        let span = tracing::info_span!(
+            "forward",
+            otel.name = %format_args!("forward {}", self.model),
+            rewardfleet.model = %self.model,
+            rewardfleet.replica = self.index,
+            rewardfleet.batch.size = entries.len(),
+            rewardfleet.batch.width = width,
+            rewardfleet.batch.tokens = real,
+            rewardfleet.batch.full = full,
+            rewardfleet.batch.jobs = traces.len(),
+        );
+        if let Some((parent, others)) = traces.split_first() {
+            parent.set_parent_of(&span);
+            for other in others {
+                other.link_from(&span);
+            }
+        }
+        span
     }
 
     fn score_error(&self, err: &ForwardError) -> ScoreError {

@@ -11,11 +11,16 @@ pub use health::serve_health;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rewardfleet_core::config::WorkerConfig;
-use rewardfleet_core::{JobResult, Pipeline};
+use rewardfleet_core::{Job, JobResult, Pipeline, Reward, RewardStatus};
+use rewardfleet_proto::v1::Timing;
 use rewardfleet_queue::{Delivery, Queue, QueueError};
+use rewardfleet_telemetry::metrics::label;
+use rewardfleet_telemetry::{metrics, trace_id};
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +48,8 @@ pub struct WorkerStats {
     pub deliveries: AtomicU64,
     /// Deliveries of a job already delivered before (a worker died, an ack timed out, a nak).
     pub redeliveries: AtomicU64,
+    /// Candidates with a FAILED reward in the results this worker published.
+    pub candidates_failed: AtomicU64,
     /// Jobs being scored now.
     pub in_flight: AtomicU64,
     /// Ready to take work (its models loaded and warm, pulling).
@@ -172,14 +179,63 @@ impl JobContext {
         self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
         if delivery.attempt > 1 {
             self.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = metrics() {
+                m.jobs_redelivered
+                    .add(1, &[label("pool", self.config.pool.clone())]);
+            }
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let span = self.job_span(&delivery);
         let job_id = delivery.job.job_id.clone();
-        let outcome = self.score_publish_ack(&delivery).await;
+        let outcome = self
+            .score_publish_ack(&delivery)
+            .instrument(span.clone())
+            .await;
         if let Err(e) = outcome {
-            tracing::warn!(worker = %self.name, job = %job_id, attempt = delivery.attempt, error = %e.chain(), "job not finished");
+            tracing::warn!(worker = %self.name, job = %job_id, attempt = delivery.attempt, error = %e.chain(), trace_id = trace_id(&span).as_deref(), "job not finished");
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The job's span: a child of the span that published it (across NATS, in its headers),
+    /// with the candidate ids (never their texts) as an attribute.
+    fn job_span(&self, delivery: &Delivery) -> tracing::Span {
+        let job = &delivery.job;
+        let span = match &delivery.subject {
+            Some(subject) => tracing::info_span!(
+                "process",
+                otel.name = %format_args!("process {}", subject.rsplit_once('.').map_or(subject.as_str(), |(pattern, _)| pattern)),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation.type = "process",
+                messaging.destination.name = %subject,
+                messaging.message.id = %job.job_id,
+                messaging.consumer.group.name = %self.config.pool,
+                rewardfleet.profile = %job.profile,
+                rewardfleet.attempt = delivery.attempt,
+                rewardfleet.candidates = job.candidates.len(),
+                rewardfleet.worker = %self.name,
+            ),
+            None => tracing::info_span!(
+                "job",
+                otel.name = %format_args!("job {}", job.profile),
+                messaging.message.id = %job.job_id,
+                rewardfleet.profile = %job.profile,
+                rewardfleet.attempt = delivery.attempt,
+                rewardfleet.candidates = job.candidates.len(),
+                rewardfleet.worker = %self.name,
+            ),
+        };
+        delivery.trace_context.set_parent_of(&span);
+        if trace_id(&span).is_some() {
+            let ids: Vec<opentelemetry::StringValue> =
+                job.candidates.iter().map(|c| c.id.clone().into()).collect();
+            span.set_attribute(
+                rewardfleet_telemetry::keys::CANDIDATE_IDS,
+                opentelemetry::Value::Array(ids.into()),
+            );
+        }
+        span
     }
 
     async fn score_publish_ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -189,7 +245,10 @@ impl JobContext {
         // and send in-progress acks while it runs so that a long job is not redelivered.
         let pipeline = self.pipeline.clone();
         let scored_job = job.clone();
-        let mut scoring = tokio::spawn(async move { pipeline.score_job(&scored_job).await });
+        let started = Instant::now();
+        let mut scoring = tokio::spawn(
+            async move { pipeline.score_job(&scored_job).await }.instrument(Span::current()),
+        );
         let heartbeat = (self.config.ack_wait / 3).max(Duration::from_millis(100));
         let scored = loop {
             tokio::select! {
@@ -206,12 +265,23 @@ impl JobContext {
                 self.stats.jobs_retried.fetch_add(1, Ordering::Relaxed);
                 return delivery.acker.nak(self.config.retry_delay).await;
             }
-            Ok(outcome) => JobResult {
-                job_id: job.job_id.clone(),
-                session_id: job.session_id.clone(),
-                rewards: outcome.rewards,
-                worker: self.name.clone(),
-            },
+            Ok(outcome) => {
+                let scoring = started.elapsed();
+                let mut rewards = outcome.rewards;
+                for reward in &mut rewards {
+                    reward.timing = Some(Timing {
+                        scoring_ms: scoring.as_secs_f64() * 1e3,
+                        ..Timing::default()
+                    });
+                }
+                self.observe(job, &rewards, scoring);
+                JobResult {
+                    job_id: job.job_id.clone(),
+                    session_id: job.session_id.clone(),
+                    rewards,
+                    worker: self.name.clone(),
+                }
+            }
             Err(panic) if !last => {
                 tracing::error!(job = %job.job_id, error = %panic, "scoring panicked; the job will be tried again");
                 self.stats.jobs_retried.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +308,55 @@ impl JobContext {
             .candidates_done
             .fetch_add(job.candidates.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Counts a scored job's candidates by status and says, once per job, why any failed
+    /// (with the trace id, so that the line leads to the job's trace).
+    fn observe(&self, job: &Job, rewards: &[Reward], scoring: Duration) {
+        let failed: Vec<&Reward> = rewards
+            .iter()
+            .filter(|r| r.status() == RewardStatus::Failed)
+            .collect();
+        self.stats
+            .candidates_failed
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        if let Some(first) = failed.first() {
+            tracing::warn!(
+                worker = %self.name,
+                job = %job.job_id,
+                profile = %job.profile,
+                failed = failed.len(),
+                candidates = rewards.len(),
+                first_candidate = %first.candidate_id,
+                error = %first.error,
+                trace_id = trace_id(&Span::current()).as_deref(),
+                "candidates FAILED"
+            );
+        }
+        if let Some(m) = metrics() {
+            let profile = label("profile", job.profile.clone());
+            m.job_duration
+                .record(scoring.as_secs_f64(), std::slice::from_ref(&profile));
+            for status in [RewardStatus::Ok, RewardStatus::Degraded, RewardStatus::Failed] {
+                let n = rewards.iter().filter(|r| r.status() == status).count();
+                if n > 0 {
+                    m.candidates_scored.add(
+                        n as u64,
+                        &[profile.clone(), label("status", status_name(status))],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A reward status as metrics and logs name it.
+pub fn status_name(status: RewardStatus) -> &'static str {
+    match status {
+        RewardStatus::Ok => "ok",
+        RewardStatus::Degraded => "degraded",
+        RewardStatus::Failed => "failed",
+        RewardStatus::Unspecified => "unspecified",
     }
 }
 
@@ -347,7 +466,7 @@ mod tests {
             let event = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .expect("a result within 10 s");
-            if let Some(Ok(SessionEvent::Result(r))) = event {
+            if let Some(Ok(SessionEvent::Result(r, _))) = event {
                 results.insert(r.job_id.clone(), r);
             }
         }

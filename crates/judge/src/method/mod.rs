@@ -504,6 +504,7 @@ mod tests {
                 ],
             }]),
             usage: Default::default(),
+            model: None,
         };
         let e = expected_from_logprobs(&c, 1, 10).unwrap_or_default();
         assert!((e - (7.0 * 0.5 + 8.0 * 0.3) / 0.8).abs() < 1e-12, "{e}");

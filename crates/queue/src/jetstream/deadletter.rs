@@ -29,6 +29,7 @@ use prost::Message as _;
 use rewardfleet_core::{Job, JobResult};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{JetStreamQueue, unavailable};
 use crate::{DEAD_LETTER_WORKER, Queue, QueueError};
@@ -244,17 +245,32 @@ impl JetStreamQueue {
             tracing::debug!(seq, subject = %message.subject, "dead message is not a job of this queue; left alone");
             return Ok(Burial::Foreign);
         }
+        let pool = message
+            .subject
+            .as_str()
+            .split('.')
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned();
         match Job::decode(message.payload) {
             Ok(job) => {
                 let error = crate::given_up_error(deliveries);
                 let result = JobResult::failed(&job, DEAD_LETTER_WORKER, &error);
-                self.publish_result(&result).await?;
+                // The FAILED rewards continue the job's trace.
+                let span = tracing::info_span!("dead-letter", job_id = %job.job_id, deliveries);
+                super::trace_context(Some(&message.headers)).set_parent_of(&span);
+                self.publish_result(&result).instrument(span.clone()).await?;
+                if let Some(m) = rewardfleet_telemetry::metrics() {
+                    m.jobs_dead_lettered
+                        .add(1, &[rewardfleet_telemetry::metrics::label("pool", pool)]);
+                }
                 tracing::warn!(
                     seq,
                     job = job.job_id,
                     session = job.session_id,
                     deliveries,
                     candidates = job.candidates.len(),
+                    trace_id = rewardfleet_telemetry::trace_id(&span).as_deref(),
                     "job given up after max_deliver: FAILED rewards published"
                 );
             }
