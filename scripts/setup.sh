@@ -24,6 +24,13 @@ if ! command -v nats-server >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
 fi
 
+# Prometheus and promtool from Debian's packages: the observability tests scrape the fleet with them.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing prometheus"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus
+fi
+
 # The Rust toolchain and its components.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no Rust toolchain found; install one with rustup (stable, 1.89 or newer)" >&2

@@ -376,7 +376,8 @@ impl Queue for JetStreamQueue {
     async fn publish_job(&self, job: &Job) -> Result<(), QueueError> {
         check_msg_id("job_id", &job.job_id)?;
         let subject = self.session_jobs_subject(&self.pool, &job.session_id);
-        let span = publish_span(&self.jobs_subject(&self.pool), &subject, &job.job_id);
+        let pattern = format!("{}.jobs.{}", self.prefix, self.pool);
+        let span = publish_span(&pattern, &subject, &job.job_id);
         let headers = traced_headers(&span);
         self.publish(
             "job",
@@ -406,7 +407,8 @@ impl Queue for JetStreamQueue {
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError> {
         check_msg_id("job_id", &result.job_id)?;
         let subject = self.results_subject(&result.session_id);
-        let span = publish_span(&self.results_subject("*"), &subject, &result.job_id);
+        let pattern = format!("{}.results", self.prefix);
+        let span = publish_span(&pattern, &subject, &result.job_id);
         let headers = traced_headers(&span);
         self.publish(
             "result",
@@ -600,8 +602,8 @@ impl ResultFollower {
     }
 }
 
-/// The producer span of one publish: named after the subject's pattern (bounded), with the
-/// concrete subject as its destination.
+/// The producer span of one publish: named after the subject without its session token (a
+/// bounded set of names), with the concrete subject as its destination.
 fn publish_span(pattern: &str, subject: &str, message_id: &str) -> tracing::Span {
     tracing::info_span!(
         "publish",

@@ -467,8 +467,9 @@ impl Replica {
         }
     }
 
-    /// The batch's span: a child of its first text's scorer span, linked to every other job
-    /// it serves, so each job's trace shows the batch it joined.
+    /// The batch's span: a child of the scorer call of its first text, linked to every other
+    /// scorer call it serves (other groups, often of other jobs and traces), so each job's trace
+    /// shows the batch it joined.
     fn batch_span(&self, entries: &[Entry], width: usize, real: usize, full: bool) -> Span {
         let mut traces: Vec<&TraceContext> = Vec::new();
         for e in entries {
@@ -485,7 +486,7 @@ impl Replica {
             rewardfleet.batch.width = width,
             rewardfleet.batch.tokens = real,
             rewardfleet.batch.full = full,
-            rewardfleet.batch.jobs = traces.len(),
+            rewardfleet.batch.requests = traces.len(),
         );
         if let Some((parent, others)) = traces.split_first() {
             parent.set_parent_of(&span);

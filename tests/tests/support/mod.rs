@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod otlp;
 pub mod process;
+pub mod prometheus;
 pub mod raw;
 
 /// The profile every test scores with: rules whose values the test computes itself.
