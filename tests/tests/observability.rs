@@ -248,6 +248,8 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
         (r#"rewardfleet_job_duration_seconds_count{profile="mix"}"#, 8.0),
         (r#"rewardfleet_model_batch_size_sum{model="rm"}"#, (2 * N) as f64),
         (r#"rewardfleet_rule_duration_seconds_count{rule="max_chars"}"#, (2 * N) as f64),
+        (r#"rewardfleet_consumer_pending{pool="default"}"#, 0.0),
+        (r#"rewardfleet_consumer_ack_pending{pool="default"}"#, 0.0),
         (r#"rewardfleet_sessions_open"#, 0.0),
         (r#"rewardfleet_candidates_in_flight"#, 0.0),
     ];
@@ -478,12 +480,14 @@ on_component_failure = "fail"
     // Exact match needs a reference: the second candidate has none and FAILS.
     std::fs::write(
         &input,
-        "{\"id\":\"a\",\"prompt\":\"q\",\"response\":\"Paris\",\"reference\":\"Paris\"}\n\
-         {\"id\":\"b\",\"prompt\":\"q\",\"response\":\"Paris\"}\n",
+        format!(
+            "{{\"id\":\"a\",\"prompt\":\"q\",\"response\":\"{SECRET}\",\"reference\":\"{SECRET}\"}}\n\
+             {{\"id\":\"b\",\"prompt\":\"q\",\"response\":\"{SECRET}\"}}\n"
+        ),
     )
     .unwrap();
     let out = Command::new(binary())
-        .args(["score", "--log-format", "json", "--config"])
+        .args(["score", "--log-format", "json", "--log", "info", "--config"])
         .arg(&config)
         .arg(&input)
         .output()
@@ -492,6 +496,7 @@ on_component_failure = "fail"
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"timing\""), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(SECRET), "no response text in the logs at info:\n{stderr}");
     let warning: serde_json::Value = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -1,6 +1,7 @@
-//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`.
+//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`.
 
 mod jsonl;
+mod status;
 mod summary;
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -36,6 +37,9 @@ enum Command {
     Worker(ConfigArg),
     /// Validates a configuration and says exactly what is wrong and where.
     Check(ConfigArg),
+    /// Shows a fleet on NATS: each pool's queued jobs, the live workers and gateways, recent
+    /// throughput and failure rate.
+    Status(status::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Gateway(_) | Command::Worker(_) => "warn,rewardfleet=info",
-        Command::Score(_) | Command::Check(_) => "warn",
+        Command::Score(_) | Command::Check(_) | Command::Status(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Gateway(args) => gateway(&args.config).await,
             Command::Worker(args) => worker(&args.config).await,
             Command::Check(args) => check(&args.config),
+            Command::Status(args) => status::run(args).await,
         }
     });
     match outcome {
@@ -282,7 +287,13 @@ async fn gateway(path: &Path) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    let process = GatewayProcess::build(&config, &secrets(&config)?, &shutdown).await?;
+    let process = GatewayProcess::build(&config, &secrets(&config)?, &shutdown)
+        .await?
+        .with_name(format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+            std::process::id()
+        ));
     tracing::info!(%addr, embedded = config.is_embedded(), "gateway listening");
     println!("rewardfleet gateway listening on {addr}");
     process.serve(listener, shutdown).await?;

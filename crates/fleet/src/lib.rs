@@ -4,6 +4,11 @@
 //! Each process takes its listeners and a shutdown token as arguments (so tests run the real
 //! thing on port 0), and its secrets as a value (the binary reads them; this library never
 //! reads the environment).
+//!
+//! In NATS mode each process also keeps a heartbeat (its entry in a KV bucket, renewed every
+//! `nats.heartbeat_interval`, deleted on a graceful stop) that `rewardfleet status` reads.
+
+mod heartbeat;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -303,6 +308,10 @@ pub struct GatewayProcess {
     gateway: Gateway,
     embedded: Option<Embedded>,
     drain_timeout: std::time::Duration,
+    /// NATS mode: the queue and settings that its heartbeat needs.
+    heartbeat: Option<(JetStreamQueue, rewardfleet_core::config::NatsConfig)>,
+    /// Its name in its heartbeat.
+    name: String,
 }
 
 impl GatewayProcess {
@@ -315,20 +324,33 @@ impl GatewayProcess {
         secrets: &Secrets,
         shutdown: &CancellationToken,
     ) -> Result<Self, FleetError> {
-        let (gateway, embedded) = if config.is_embedded() {
-            let embedded = Embedded::start(config, secrets).await?;
-            (embedded.gateway.clone(), Some(embedded))
-        } else {
-            let queue = connect(config, "gateway", secrets).await?;
-            // Jobs whose workers all crashed get FAILED results (every gateway may run this).
-            tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
-            (Gateway::new(config, Arc::new(queue)), None)
+        let (gateway, embedded, heartbeat) = match &config.nats {
+            None => {
+                let embedded = Embedded::start(config, secrets).await?;
+                (embedded.gateway.clone(), Some(embedded), None)
+            }
+            Some(nats) => {
+                let queue = connect(config, "gateway", secrets).await?;
+                // Jobs whose workers all crashed get FAILED results (every gateway may run this).
+                tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
+                let heartbeat = Some((queue.clone(), nats.clone()));
+                (Gateway::new(config, Arc::new(queue)), None, heartbeat)
+            }
         };
         Ok(Self {
             gateway,
             embedded,
             drain_timeout: config.gateway.drain_timeout,
+            heartbeat,
+            name: format!("gateway-{}", std::process::id()),
         })
+    }
+
+    /// The same gateway, named `name` in its heartbeat (default: `gateway-<pid>`).
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// The gateway logic (its counters, sessions in this process).
@@ -337,6 +359,7 @@ impl GatewayProcess {
     }
 
     /// Serves gRPC on `listener` until `shutdown` fires, drains, then stops an embedded worker.
+    /// In NATS mode it keeps its heartbeat meanwhile, and deletes it once drained.
     ///
     /// # Errors
     /// If the transport fails.
@@ -345,8 +368,17 @@ impl GatewayProcess {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), FleetError> {
+        let heartbeat = self.heartbeat.map(|(queue, nats)| {
+            let listen = listener
+                .local_addr()
+                .map_or_else(|_| String::new(), |a| a.to_string());
+            heartbeat::gateway(queue, &nats, self.name, listen, self.gateway.clone())
+        });
         let served =
             rewardfleet_gateway::serve(self.gateway, listener, shutdown, self.drain_timeout).await;
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.finish().await;
+        }
         if let Some(embedded) = self.embedded {
             embedded.stop().await;
         }
@@ -379,7 +411,8 @@ pub struct WorkerOptions {
 }
 
 /// Runs a worker of `config` until `shutdown` fires: connects to NATS, loads models (not ready
-/// until they are warm), then pulls and scores jobs, draining on shutdown.
+/// until they are warm), then pulls and scores jobs, draining on shutdown. From the connection
+/// on it keeps its heartbeat (not ready while models load), and deletes it once drained.
 ///
 /// # Errors
 /// No `[nats]`, NATS unreachable, scorers that cannot be built, or no source of jobs.
@@ -397,13 +430,29 @@ pub async fn run_worker(
         ));
     }
     let queue = connect(config, "worker", secrets).await?;
-    let scorers = scorers(config, Some(queue.client()), secrets).await?;
-    let worker = Worker::with_stats(
-        Arc::new(queue),
-        scorers.pipeline,
-        config.worker.clone(),
-        options.name,
-        options.stats,
-    );
-    Ok(worker.run(shutdown).await?)
+    let heartbeat = config.nats.as_ref().map(|nats| {
+        heartbeat::worker(
+            queue.clone(),
+            config,
+            nats,
+            options.name.clone(),
+            Arc::clone(&options.stats),
+        )
+    });
+    let ran = async {
+        let scorers = scorers(config, Some(queue.client()), secrets).await?;
+        let worker = Worker::with_stats(
+            Arc::new(queue),
+            scorers.pipeline,
+            config.worker.clone(),
+            options.name,
+            options.stats,
+        );
+        Ok(worker.run(shutdown).await?)
+    }
+    .await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.finish().await;
+    }
+    ran
 }

@@ -77,6 +77,11 @@ pub struct NatsConfig {
     pub results_max_age: Duration,
     /// Stream replicas (1 for a single server, 3 in a cluster).
     pub replicas: usize,
+    /// How often each worker and gateway renews its heartbeat in the KV buckets
+    /// `<subject_prefix>_workers` / `<subject_prefix>_gateways` (what `rewardfleet status`
+    /// reads). An entry not renewed for three intervals expires: a dead process leaves the list.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for NatsConfig {
@@ -91,6 +96,7 @@ impl Default for NatsConfig {
             duplicate_window: Duration::from_secs(600),
             results_max_age: Duration::from_secs(3600),
             replicas: 1,
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -326,6 +332,12 @@ impl Config {
             }
             if nats.replicas == 0 || nats.replicas > 5 {
                 p.push(ConfigProblem::new("nats.replicas", "must be 1 to 5"));
+            }
+            if nats.heartbeat_interval < Duration::from_secs(1) {
+                p.push(ConfigProblem::new(
+                    "nats.heartbeat_interval",
+                    "must be at least 1s",
+                ));
             }
             let horizon = self.worker.ack_wait * self.worker.max_deliver.max(1) as u32;
             if nats.duplicate_window < horizon {

@@ -42,6 +42,7 @@ fn semantic_problems_are_all_reported() {
 [nats]
 url = "nats://x:4222"
 duplicate_window = "10s"
+heartbeat_interval = "500ms"
 
 [gateway]
 max_in_flight = 0
@@ -58,6 +59,10 @@ normalize = "clip"
     let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
     let has = |needle: &str| rendered.iter().any(|p| p.contains(needle));
     assert!(has("nats.duplicate_window"), "{rendered:#?}");
+    assert!(
+        has("nats.heartbeat_interval: must be at least 1s"),
+        "{rendered:#?}"
+    );
     assert!(
         has("gateway.max_in_flight: must be at least 1"),
         "{rendered:#?}"

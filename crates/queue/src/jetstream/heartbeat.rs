@@ -97,6 +97,10 @@ pub struct RecentRates {
     pub window_secs: f64,
     /// Candidates finished (result published and acknowledged) per second.
     pub candidates_per_sec: f64,
+    /// Candidates scored with a FAILED reward, per second (0 from workers that do not count
+    /// them).
+    #[serde(default)]
+    pub candidates_failed_per_sec: f64,
     /// Jobs finished (result published and acknowledged) per second, given-up jobs included.
     pub jobs_per_sec: f64,
     /// Jobs handed back for another try, per second.

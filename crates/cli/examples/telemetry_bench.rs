@@ -1,0 +1,296 @@
+//! What telemetry costs: fleet throughput with every span exported (sampling ratio 1.0, to an
+//! OTLP collector) and metrics on (OTLP push and a Prometheus endpoint), against both off, in one
+//! run. Two `rewardfleet gateway` processes in embedded mode, identical but for `[telemetry]`,
+//! are driven in turn (the order alternating per round, so that drift on a shared machine hits
+//! both alike) by Score sessions of the Rust client; the ratio is taken round by round.
+//!
+//! ```sh
+//! cargo build --release -p rewardfleet-cli --examples
+//! target/release/examples/telemetry_bench [--rounds 7] [--rules 20000] [--model 2000]
+//! ```
+//!
+//! Profiles: `rules` (a math answer and a length rule) and `model` (the tiny TorchScript scalar
+//! model of scripts/make_test_models.py, one thread).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use rewardfleet_core::Candidate;
+use tonic::{Request, Response, Status};
+
+/// Counts what the fleet exports (spans, and metric batches).
+#[derive(Clone, Default)]
+struct Sink {
+    spans: Arc<AtomicU64>,
+    metric_exports: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let n: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        _: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A gateway process; killed when dropped.
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    // target/<profile>/examples/telemetry_bench → target/<profile>/rewardfleet
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot find the target directory")?;
+    let bin = dir.join("rewardfleet");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p rewardfleet-cli)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn start(config: &Path) -> anyhow::Result<Gateway> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(binary()?)
+        .args(["gateway", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix("rewardfleet gateway listening on ") {
+            let url = format!("http://{addr}");
+            // Keep reading (and dropping) its output so that it never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok(Gateway { child, url });
+        }
+    }
+    anyhow::bail!("the gateway ({}) exited before listening", config.display())
+}
+
+fn config(models: &Path, telemetry: &str) -> String {
+    format!(
+        r#"[gateway]
+listen = "127.0.0.1:0"
+max_window = 65536
+
+[worker]
+max_concurrent_jobs = 16
+
+{telemetry}
+
+[[model]]
+name = "rm"
+path = "{dir}/scalar.pt"
+tokenizer = "{dir}/tokenizer.json"
+kind = "scalar"
+template = "{{response}}"
+max_length = 64
+max_batch_tokens = 4096
+threads = 1
+
+[profile.rules]
+components = [
+  {{ rule = "math_answer", weight = 1.0 }},
+  {{ rule = "max_chars", limit = 400, weight = 0.2 }},
+]
+
+[profile.model]
+components = [{{ scorer = "rm" }}]
+"#,
+        dir = models.display()
+    )
+}
+
+fn candidates(n: usize, round: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            id: format!("r{round}-c{i}"),
+            group_id: format!("g{}", i / 8),
+            response: format!(
+                "Adding the terms one by one gives {i}, so the answer is \\boxed{{{i}}}"
+            ),
+            reference: Some(i.to_string()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Candidates per second of one Score session of `n` candidates.
+async fn throughput(url: &str, profile: &str, n: usize, round: usize) -> anyhow::Result<f64> {
+    let mut client = rewardfleet_client::connect(url).await?;
+    let session = rewardfleet_client::Session::new(format!("bench-{profile}-{round}"))
+        .profile(profile)
+        .window(4096)
+        .batches(rewardfleet_client::batches(candidates(n, round), 256));
+    let mut got = 0;
+    let started = Instant::now();
+    session.run(&mut client, |_| got += 1).await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(got == n, "{got} rewards for {n}");
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn run(rounds: usize, sizes: [(&'static str, usize); 2]) -> anyhow::Result<()> {
+    let sink = Sink::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(sink.clone()))
+            .add_service(MetricsServiceServer::new(sink.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir()?;
+    let models = rewardfleet_testkit::test_models("tiny", &[], dir.path());
+    let off = dir.path().join("off.toml");
+    let on = dir.path().join("on.toml");
+    std::fs::write(&off, config(&models, ""))?;
+    std::fs::write(
+        &on,
+        config(
+            &models,
+            &format!(
+                "[telemetry]\notlp_endpoint = \"http://{collector}\"\nsampling_ratio = 1.0\nprometheus_listen = \"127.0.0.1:0\"\nmetrics_interval = \"1s\""
+            ),
+        ),
+    )?;
+    let off = start(&off)?;
+    let on = start(&on)?;
+
+    println!(
+        "Telemetry overhead: {rounds} rounds, order alternating; candidates/s (median) and on/off"
+    );
+    println!("| profile | candidates | off | on | on/off (median of rounds) | min | max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (profile, n) in sizes {
+        // Warm both (model replicas, channels).
+        throughput(&off.url, profile, n / 4, usize::MAX - 1).await?;
+        throughput(&on.url, profile, n / 4, usize::MAX - 2).await?;
+        let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (a, b) = if round % 2 == 0 {
+                let a = throughput(&off.url, profile, n, round).await?;
+                (a, throughput(&on.url, profile, n, round).await?)
+            } else {
+                let b = throughput(&on.url, profile, n, round).await?;
+                (throughput(&off.url, profile, n, round).await?, b)
+            };
+            offs.push(a);
+            ons.push(b);
+            ratios.push(b / a);
+        }
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {profile} | {n} | {:.0} | {:.0} | **{:.3}** | {lo:.3} | {hi:.3} |",
+            median(offs),
+            median(ons),
+            median(ratios)
+        );
+    }
+    // Let the last batch of spans go out, then show that tracing was really on.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    println!(
+        "\nspans received by the collector: {}; metric exports: {}",
+        sink.spans.load(Ordering::Relaxed),
+        sink.metric_exports.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut rounds = 7;
+    let mut rules = 20_000;
+    let mut model = 2_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().and_then(|v| v.parse::<usize>().ok());
+        match (flag.as_str(), value) {
+            ("--rounds", Some(n)) if n > 0 => rounds = n,
+            ("--rules", Some(n)) if n > 0 => rules = n,
+            ("--model", Some(n)) if n > 0 => model = n,
+            _ => {
+                eprintln!("usage: telemetry_bench [--rounds N] [--rules N] [--model N]");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(rounds, [("rules", rules), ("model", model)])) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
