@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rewardfleet_core::{Candidate, ChatMessage};
-use rewardfleet_fakejudge::{Fault, FakeJudge, FakeJudgeConfig};
+use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Fault};
 use rewardfleet_proto::v1::ScoreBatchRequest;
 use rewardfleet_proto::v1::reward::Status;
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
@@ -179,7 +179,12 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
             .parse()
             .unwrap(),
     );
-    let first = client.score_batch(request).await.unwrap().into_inner().rewards;
+    let first = client
+        .score_batch(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .rewards;
     let failed: Vec<_> = first
         .iter()
         .filter(|r| r.status() == Status::Failed)
@@ -189,7 +194,10 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
     for r in &first {
         let t = r.timing.expect("every reward carries its timing");
         assert!(t.scoring_ms > 0.0 && t.total_ms >= t.scoring_ms, "{t:?}");
-        assert!((t.queue_ms - (t.total_ms - t.scoring_ms)).abs() < 1e-6, "{t:?}");
+        assert!(
+            (t.queue_ms - (t.total_ms - t.scoring_ms)).abs() < 1e-6,
+            "{t:?}"
+        );
     }
     // The same batch again, untraced: every verdict (and the refusal) comes from the cache.
     let second = client
@@ -201,7 +209,11 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
         .unwrap()
         .into_inner()
         .rewards;
-    assert_eq!(judge.calls(), N as u64 + 1, "the second pass is all cache hits");
+    assert_eq!(
+        judge.calls(),
+        N as u64 + 1,
+        "the second pass is all cache hits"
+    );
     assert_eq!(
         second
             .iter()
@@ -231,13 +243,22 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
             r#"rewardfleet_candidates_scored_total{profile="mix",status="ok"}"#,
             ok,
         ),
-        (r#"rewardfleet_candidates_scored_total{status="failed"}"#, 2.0),
+        (
+            r#"rewardfleet_candidates_scored_total{status="failed"}"#,
+            2.0,
+        ),
         (
             r#"rewardfleet_judge_requests_total{judge="judge",outcome="ok"}"#,
             (N - 1) as f64,
         ),
-        (r#"rewardfleet_judge_requests_total{outcome="http_5xx"}"#, 1.0),
-        (r#"rewardfleet_judge_requests_total{outcome="http_4xx"}"#, 1.0),
+        (
+            r#"rewardfleet_judge_requests_total{outcome="http_5xx"}"#,
+            1.0,
+        ),
+        (
+            r#"rewardfleet_judge_requests_total{outcome="http_4xx"}"#,
+            1.0,
+        ),
         (
             r#"rewardfleet_cache_lookups_total{judge="judge",result="miss"}"#,
             N as f64,
@@ -245,9 +266,18 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
         (r#"rewardfleet_cache_lookups_total{result="hit"}"#, N as f64),
         ("rewardfleet_reward_latency_seconds_count", (2 * N) as f64),
         ("rewardfleet_queue_wait_seconds_count", (2 * N) as f64),
-        (r#"rewardfleet_job_duration_seconds_count{profile="mix"}"#, 8.0),
-        (r#"rewardfleet_model_batch_size_sum{model="rm"}"#, (2 * N) as f64),
-        (r#"rewardfleet_rule_duration_seconds_count{rule="max_chars"}"#, (2 * N) as f64),
+        (
+            r#"rewardfleet_job_duration_seconds_count{profile="mix"}"#,
+            8.0,
+        ),
+        (
+            r#"rewardfleet_model_batch_size_sum{model="rm"}"#,
+            (2 * N) as f64,
+        ),
+        (
+            r#"rewardfleet_rule_duration_seconds_count{rule="max_chars"}"#,
+            (2 * N) as f64,
+        ),
         (r#"rewardfleet_consumer_pending{pool="default"}"#, 0.0),
         (r#"rewardfleet_consumer_ack_pending{pool="default"}"#, 0.0),
         (r#"rewardfleet_sessions_open"#, 0.0),
@@ -267,7 +297,9 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
         .unwrap_or(0.0);
     assert!(tokens > 0.0, "judge input tokens are counted");
     let forwards = prometheus
-        .value(&sum(r#"rewardfleet_model_forward_duration_seconds_count{model="rm"}"#))
+        .value(&sum(
+            r#"rewardfleet_model_forward_duration_seconds_count{model="rm"}"#,
+        ))
         .unwrap_or(0.0);
     assert!(forwards >= 1.0, "model batches are timed");
     for addr in [&gateway_metrics, &worker_metrics] {
@@ -315,7 +347,11 @@ fn assert_trace(trace: &[Received], judge: &FakeJudge) {
     let rpc = by_name(trace, "rewardfleet.v1.RewardService/ScoreBatch");
     assert_eq!(rpc.len(), 1, "one server span: {names:?}");
     let rpc = rpc[0];
-    assert_eq!(rpc.parent_id(), TRAINER_SPAN, "the trainer's span is the parent");
+    assert_eq!(
+        rpc.parent_id(),
+        TRAINER_SPAN,
+        "the trainer's span is the parent"
+    );
     assert_eq!(rpc.service, "rewardfleet-gateway");
     assert_eq!(rpc.attr("rpc.system").as_deref(), Some("grpc"));
     assert_eq!(
@@ -336,7 +372,11 @@ fn assert_trace(trace: &[Received], judge: &FakeJudge) {
     for job in &jobs {
         assert_eq!(job.service, "rewardfleet-worker");
         let publish = parent_of(trace, job);
-        assert!(publish.span.name.starts_with("publish rf.jobs."), "{}", publish.span.name);
+        assert!(
+            publish.span.name.starts_with("publish rf.jobs."),
+            "{}",
+            publish.span.name
+        );
         assert_eq!(publish.service, "rewardfleet-gateway");
         assert_eq!(publish.attr("messaging.system").as_deref(), Some("nats"));
         assert_eq!(
@@ -395,7 +435,13 @@ fn assert_trace(trace: &[Received], judge: &FakeJudge) {
     let sent: Vec<String> = judge
         .requests()
         .iter()
-        .filter_map(|r| r.headers.get("traceparent")?.to_str().ok().map(str::to_owned))
+        .filter_map(|r| {
+            r.headers
+                .get("traceparent")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
         .collect();
     for chat in &chats {
         assert_eq!(parent_of(trace, chat).span.name, "score verdict");
@@ -420,18 +466,28 @@ fn assert_trace(trace: &[Received], judge: &FakeJudge) {
             c.attr("gen_ai.response.model").as_deref(),
             Some("fake-judge")
         );
-        assert!(c.attr("gen_ai.usage.input_tokens").unwrap().parse::<u64>().unwrap() > 0);
-        assert!(c.attr("gen_ai.usage.output_tokens").unwrap().parse::<u64>().unwrap() > 0);
+        assert!(
+            c.attr("gen_ai.usage.input_tokens")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
+        assert!(
+            c.attr("gen_ai.usage.output_tokens")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
     }
     let mut errors: Vec<String> = chats.iter().filter_map(|c| c.attr("error.type")).collect();
     errors.sort();
     assert_eq!(errors, ["http_4xx", "http_5xx"]);
     // The refused candidate's scorer span says why.
     assert!(
-        trace
-            .iter()
-            .any(|s| s.span.name == "score verdict"
-                && s.attr("error.type").as_deref() == Some("judge_rejected")),
+        trace.iter().any(|s| s.span.name == "score verdict"
+            && s.attr("error.type").as_deref() == Some("judge_rejected")),
         "error.type on the failed scorer"
     );
 
@@ -442,7 +498,11 @@ fn assert_trace(trace: &[Received], judge: &FakeJudge) {
     let mut served = 0;
     for f in &forwards {
         assert_eq!(parent_of(trace, f).span.name, "score rm");
-        let requests: usize = f.attr("rewardfleet.batch.requests").unwrap().parse().unwrap();
+        let requests: usize = f
+            .attr("rewardfleet.batch.requests")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(f.span.links.len(), requests - 1, "links to the other calls");
         for link in &f.span.links {
             let linked = support::otlp::hex(&link.span_id);
@@ -492,11 +552,18 @@ on_component_failure = "fail"
         .arg(&input)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"timing\""), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains(SECRET), "no response text in the logs at info:\n{stderr}");
+    assert!(
+        !stderr.contains(SECRET),
+        "no response text in the logs at info:\n{stderr}"
+    );
     let warning: serde_json::Value = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -571,7 +638,10 @@ async fn telemetry_that_cannot_start_says_why_and_never_fails_a_candidate() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("OTLP collector is not reachable"), "{stderr}");
+    assert!(
+        stderr.contains("OTLP collector is not reachable"),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 20);
     assert!(!stdout.contains("FAILED"), "{stdout}");

@@ -174,9 +174,9 @@ fn tracer_provider(
         .with_resource(resource);
     // OTEL_TRACES_SAMPLER (read by the SDK's defaults) wins over the file.
     if env("OTEL_TRACES_SAMPLER").is_none() {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(config.sampling_ratio),
-        )));
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sampling_ratio,
+        ))));
     }
     Ok(builder.build())
 }

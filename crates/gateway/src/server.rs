@@ -7,10 +7,10 @@ use rewardfleet_proto::v1::reward_service_server::{RewardService, RewardServiceS
 use rewardfleet_proto::v1::{
     ListProfilesRequest, ListProfilesResponse, ScoreBatchRequest, ScoreBatchResponse, ScoreRequest,
 };
+use rewardfleet_telemetry::TraceContext;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use rewardfleet_telemetry::TraceContext;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -42,8 +42,7 @@ impl RewardService for RewardApi {
         // The session (a child) keeps this span open until the stream ends.
         let span = rpc_span("Score", request.metadata());
         let requests = request.into_inner();
-        let responses =
-            span.in_scope(|| self.gateway.score(requests, self.sessions.child_token()));
+        let responses = span.in_scope(|| self.gateway.score(requests, self.sessions.child_token()));
         Ok(Response::new(responses))
     }
 

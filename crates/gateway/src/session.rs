@@ -13,20 +13,20 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, split_into_jobs};
+use rewardfleet_proto::v1::Timing;
 use rewardfleet_proto::v1::{
     Batch, BatchAccepted, Close, ScoreRequest, ScoreResponse, SessionClosed, SessionOpen,
     SessionOpened, score_request, score_response,
 };
-use rewardfleet_proto::v1::Timing;
 use rewardfleet_queue::{QueueError, ResultStream, SessionEvent};
 use rewardfleet_telemetry::metrics::label;
 use rewardfleet_telemetry::{metrics, trace_id};
-use tracing::{Instrument, Span};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
+use tracing::{Instrument, Span};
 
 use crate::{Gateway, GatewayError};
 
@@ -555,13 +555,8 @@ impl Gateway {
                         .record(total / 1e3, std::slice::from_ref(&profile));
                     m.queue_wait
                         .record(timing.queue_ms / 1e3, std::slice::from_ref(&profile));
-                    m.rewards.add(
-                        1,
-                        &[
-                            profile,
-                            label("status", status_name(reward.status())),
-                        ],
-                    );
+                    m.rewards
+                        .add(1, &[profile, label("status", reward.status().label())]);
                 }
             }
             let response = ScoreResponse {
@@ -581,16 +576,6 @@ impl Gateway {
             );
         }
         true
-    }
-}
-
-/// A reward status as metrics name it.
-fn status_name(status: rewardfleet_core::RewardStatus) -> &'static str {
-    match status {
-        rewardfleet_core::RewardStatus::Ok => "ok",
-        rewardfleet_core::RewardStatus::Degraded => "degraded",
-        rewardfleet_core::RewardStatus::Failed => "failed",
-        rewardfleet_core::RewardStatus::Unspecified => "unspecified",
     }
 }
 

@@ -103,7 +103,11 @@ pub(crate) fn build(
         // retry budget, and never past the request's deadline.
         .layer(RetryLayer::new(retry))
         // Each attempt's span, outcome, latency and tokens (timeouts included).
-        .layer(AttemptsLayer::new(&config.name, &config.model, &config.base_url))
+        .layer(AttemptsLayer::new(
+            &config.name,
+            &config.model,
+            &config.base_url,
+        ))
         // The per-attempt timeout: a hung attempt is cut and retried.
         .timeout(config.timeout)
         .service(http.clone());

@@ -19,6 +19,18 @@ impl v1::Reward {
     }
 }
 
+impl v1::reward::Status {
+    /// The status as metrics and logs name it: `ok`, `degraded`, `failed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::Unspecified => "unspecified",
+        }
+    }
+}
+
 impl v1::JobResult {
     /// The result of a job none of whose candidates could be scored: a FAILED reward for each,
     /// all saying `error`, published by `worker` (a worker's name, `gateway`, `dead-letter`).

@@ -220,8 +220,10 @@ impl Inner {
                 SessionEvent::Result(result, TraceContext::default()),
             );
             if let Some(m) = rewardfleet_telemetry::metrics() {
-                m.jobs_dead_lettered
-                    .add(1, &[rewardfleet_telemetry::metrics::label("pool", "embedded")]);
+                m.jobs_dead_lettered.add(
+                    1,
+                    &[rewardfleet_telemetry::metrics::label("pool", "embedded")],
+                );
             }
             return;
         }

@@ -45,8 +45,8 @@ use rewardfleet_core::config::{NatsConfig, WorkerConfig};
 use rewardfleet_core::{Job, JobAccepted, JobResult};
 use rewardfleet_telemetry::TraceContext;
 use tokio::sync::watch;
-use tracing::Instrument;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream, SessionEvent};
 

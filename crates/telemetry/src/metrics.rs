@@ -23,8 +23,7 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[
 
 /// Padded tokens per model batch: powers of two from 64 to 128 k.
 pub const BATCH_TOKEN_BUCKETS: &[f64] = &[
-    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
-    131072.0,
+    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0,
 ];
 
 /// Share of padding in a batch's tokens, from 0 (no padding) to 1.

@@ -19,11 +19,11 @@ use rewardfleet_proto::v1::Timing;
 use rewardfleet_queue::{Delivery, Queue, QueueError};
 use rewardfleet_telemetry::metrics::label;
 use rewardfleet_telemetry::{metrics, trace_id};
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Why a worker stopped before its shutdown signal.
 #[derive(Debug, thiserror::Error)]
@@ -337,26 +337,20 @@ impl JobContext {
             let profile = label("profile", job.profile.clone());
             m.job_duration
                 .record(scoring.as_secs_f64(), std::slice::from_ref(&profile));
-            for status in [RewardStatus::Ok, RewardStatus::Degraded, RewardStatus::Failed] {
+            for status in [
+                RewardStatus::Ok,
+                RewardStatus::Degraded,
+                RewardStatus::Failed,
+            ] {
                 let n = rewards.iter().filter(|r| r.status() == status).count();
                 if n > 0 {
                     m.candidates_scored.add(
                         n as u64,
-                        &[profile.clone(), label("status", status_name(status))],
+                        &[profile.clone(), label("status", status.label())],
                     );
                 }
             }
         }
-    }
-}
-
-/// A reward status as metrics and logs name it.
-pub fn status_name(status: RewardStatus) -> &'static str {
-    match status {
-        RewardStatus::Ok => "ok",
-        RewardStatus::Degraded => "degraded",
-        RewardStatus::Failed => "failed",
-        RewardStatus::Unspecified => "unspecified",
     }
 }
 

@@ -259,7 +259,9 @@ impl JetStreamQueue {
                 // The FAILED rewards continue the job's trace.
                 let span = tracing::info_span!("dead-letter", job_id = %job.job_id, deliveries);
                 super::trace_context(Some(&message.headers)).set_parent_of(&span);
-                self.publish_result(&result).instrument(span.clone()).await?;
+                self.publish_result(&result)
+                    .instrument(span.clone())
+                    .await?;
                 if let Some(m) = rewardfleet_telemetry::metrics() {
                     m.jobs_dead_lettered
                         .add(1, &[rewardfleet_telemetry::metrics::label("pool", pool)]);
