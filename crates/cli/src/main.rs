@@ -3,6 +3,7 @@
 mod jsonl;
 mod status;
 mod summary;
+mod telemetry;
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,15 @@ struct Cli {
     /// `score` and `check`, `info` for the fleet's processes.
     #[arg(long, global = true, env = "RUST_LOG")]
     log: Option<String>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "RF_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,12 +89,10 @@ fn main() -> ExitCode {
         Command::Gateway(_) | Command::Worker(_) => "warn,rewardfleet=info",
         Command::Score(_) | Command::Check(_) | Command::Status(_) => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_log))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logging = Logging {
+        directives: cli.log.unwrap_or_else(|| default_log.to_owned()),
+        format: cli.log_format,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -94,11 +102,17 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Score(args) => score(args).await,
-            Command::Gateway(args) => gateway(&args.config).await,
-            Command::Worker(args) => worker(&args.config).await,
-            Command::Check(args) => check(&args.config),
-            Command::Status(args) => status::run(args).await,
+            Command::Score(args) => score(args, &logging).await,
+            Command::Gateway(args) => gateway(&args.config, &logging).await,
+            Command::Worker(args) => worker(&args.config, &logging).await,
+            Command::Check(args) => {
+                logging.logs_only();
+                check(&args.config)
+            }
+            Command::Status(args) => {
+                logging.logs_only();
+                status::run(args).await
+            }
         }
     });
     match outcome {
@@ -107,6 +121,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log filter and format from the command line, applied once the command knows its config.
+struct Logging {
+    directives: String,
+    format: telemetry::LogFormat,
+}
+
+impl Logging {
+    fn filter(&self) -> tracing_subscriber::EnvFilter {
+        tracing_subscriber::EnvFilter::try_new(&self.directives)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    }
+
+    fn logs_only(&self) {
+        telemetry::logs_only(self.filter(), self.format);
+    }
+
+    /// Logs, and the traces and metrics that `config` asks for.
+    async fn observe(
+        &self,
+        config: &Config,
+        service: &str,
+    ) -> anyhow::Result<telemetry::Telemetry> {
+        telemetry::init(self.filter(), self.format, &config.telemetry, service).await
     }
 }
 
@@ -151,7 +191,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+async fn score(args: ScoreArgs, logging: &Logging) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let input = std::fs::File::open(&args.input)
         .with_context(|| format!("cannot open {}", args.input.display()))?;
@@ -200,8 +240,10 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         }
         progress.inc(1);
     };
+    let mut telemetry = None;
     let ran = match &args.gateway {
         Some(url) => {
+            logging.logs_only();
             let mut client = rewardfleet_client::connect(url).await?;
             session.run(&mut client, on_reward).await
         }
@@ -217,6 +259,7 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
             }
             let mut config = load_config(&path)?;
             config.nats = None;
+            telemetry = Some(logging.observe(&config, "rewardfleet").await?);
             let started = Embedded::start(&config, &secrets(&config)?).await?;
             let ran = session.run(&mut started.transport(), on_reward).await;
             embedded = Some(started);
@@ -262,6 +305,9 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(embedded) = embedded {
         embedded.stop().await;
     }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     if !missing.is_empty() {
         let mut named = missing.clone();
         named.sort();
@@ -280,8 +326,9 @@ async fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn gateway(path: &Path) -> anyhow::Result<ExitCode> {
+async fn gateway(path: &Path, logging: &Logging) -> anyhow::Result<ExitCode> {
     let config = load_config(path)?;
+    let telemetry = logging.observe(&config, "rewardfleet-gateway").await?;
     let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
         .await
@@ -296,11 +343,13 @@ async fn gateway(path: &Path) -> anyhow::Result<ExitCode> {
         ));
     tracing::info!(%addr, embedded = config.is_embedded(), "gateway listening");
     println!("rewardfleet gateway listening on {addr}");
-    process.serve(listener, shutdown).await?;
+    let served = process.serve(listener, shutdown).await;
+    telemetry.shutdown().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn worker(path: &Path) -> anyhow::Result<ExitCode> {
+async fn worker(path: &Path, logging: &Logging) -> anyhow::Result<ExitCode> {
     let config = load_config(path)?;
     if config.is_embedded() {
         bail!(
@@ -308,6 +357,7 @@ async fn worker(path: &Path) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    let telemetry = logging.observe(&config, "rewardfleet-worker").await?;
     let shutdown = shutdown_signal();
     let health = match &config.worker.health_listen {
         Some(addr) => Some(
@@ -338,6 +388,7 @@ async fn worker(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let ran = rewardfleet_fleet::run_worker(&config, options, shutdown, &secrets(&config)?).await;
     ready.abort();
+    telemetry.shutdown().await;
     ran?;
     Ok(ExitCode::SUCCESS)
 }

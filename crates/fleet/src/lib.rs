@@ -439,6 +439,15 @@ pub async fn run_worker(
             Arc::clone(&options.stats),
         )
     });
+    // The pool's consumer lag, as gauges for autoscalers and dashboards.
+    let lag = rewardfleet_telemetry::metrics().map(|_| {
+        tokio::spawn(export_lag(
+            queue.clone(),
+            config.worker.pool.clone(),
+            config.telemetry.metrics_interval,
+            shutdown.child_token(),
+        ))
+    });
     let ran = async {
         let scorers = scorers(config, Some(queue.client()), secrets).await?;
         let worker = Worker::with_stats(
@@ -454,5 +463,36 @@ pub async fn run_worker(
     if let Some(heartbeat) = heartbeat {
         heartbeat.finish().await;
     }
+    if let Some(lag) = lag {
+        lag.abort();
+    }
     ran
+}
+
+/// Reads `pool`'s consumer info every `interval` into `rewardfleet_consumer_pending` and
+/// `rewardfleet_consumer_ack_pending`, until `stop` fires.
+async fn export_lag(
+    queue: JetStreamQueue,
+    pool: String,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let Some(m) = rewardfleet_telemetry::metrics() else {
+        return;
+    };
+    let labels = [rewardfleet_telemetry::metrics::label("pool", pool.clone())];
+    loop {
+        match queue.pool_status(&pool).await {
+            Ok(status) => {
+                m.consumer_pending.record(status.pending, &labels);
+                m.consumer_ack_pending
+                    .record(status.ack_pending as u64, &labels);
+            }
+            Err(e) => tracing::debug!(pool, error = %e.chain(), "cannot read the consumer's lag"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
 }

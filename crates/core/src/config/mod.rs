@@ -46,6 +46,8 @@ pub struct Config {
     pub judge: Vec<JudgeConfig>,
     /// The judges' verdict cache.
     pub judge_cache: JudgeCacheConfig,
+    /// Traces, metrics and their exporters.
+    pub telemetry: TelemetryConfig,
     /// Named profiles: how a trainer's candidates are scored.
     pub profile: BTreeMap<String, ProfileConfig>,
     /// Relative paths in the file (models, rubrics, schemas) are resolved against this directory.
@@ -169,6 +171,39 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(25),
             embedded_queue: 256,
             health_listen: None,
+        }
+    }
+}
+
+/// Traces and metrics. Off unless an OTLP endpoint is set (here or by the standard
+/// `OTEL_EXPORTER_OTLP_*` variables) or a Prometheus address is given; off costs nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector for traces and metrics (`http://host:4317`). The variables
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (and `_TRACES_` / `_METRICS_` ones) take precedence.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of this process's telemetry; `OTEL_SERVICE_NAME` takes precedence.
+    /// Default: `rewardfleet-gateway`, `rewardfleet-worker` or `rewardfleet`.
+    pub service_name: Option<String>,
+    /// Share of traces recorded (parent-based: a trainer's sampled trace is always continued).
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` take precedence.
+    pub sampling_ratio: f64,
+    /// Address of the Prometheus scrape endpoint (`/metrics`); none: no endpoint.
+    pub prometheus_listen: Option<String>,
+    /// How often metrics are pushed over OTLP, and JetStream consumer lag is read.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            sampling_ratio: 1.0,
+            prometheus_listen: None,
+            metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -350,6 +385,27 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let telemetry = &self.telemetry;
+        if !(0.0..=1.0).contains(&telemetry.sampling_ratio) {
+            p.push(ConfigProblem::new(
+                "telemetry.sampling_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        if telemetry.metrics_interval < Duration::from_millis(100) {
+            p.push(ConfigProblem::new(
+                "telemetry.metrics_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if let Some(addr) = &telemetry.prometheus_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(ConfigProblem::new(
+                "telemetry.prometheus_listen",
+                format!("{addr:?} is not an address (host:port, e.g. 0.0.0.0:9464)"),
+            ));
         }
         if self.gateway.max_in_flight == 0 {
             p.push(ConfigProblem::new(
