@@ -302,10 +302,25 @@ async fn a_scored_batch_is_one_trace_across_every_hop_and_prometheus_counts_it()
         ))
         .unwrap_or(0.0);
     assert!(forwards >= 1.0, "model batches are timed");
+    let mut exported = std::collections::BTreeSet::new();
     for addr in [&gateway_metrics, &worker_metrics] {
         let (ok, out) = promtool_check(addr);
         assert!(ok, "promtool check metrics on {addr}:\n{out}");
+        let (_, body) = support::prometheus::http_get(addr, "/metrics").unwrap();
+        exported.extend(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split(['{', ' ']).next())
+                .map(str::to_owned),
+        );
     }
+    // Every series the Grafana dashboard queries is one the binary exports.
+    let dashboard = support::grafana::metric_names(&support::grafana::dashboard());
+    let missing: Vec<&String> = dashboard.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries series nobody exports: {missing:?}"
+    );
 
     // Stopping flushes what the exporters still hold.
     assert!(gateway.terminate(Duration::from_secs(30)).success());

@@ -324,6 +324,12 @@ impl GatewayProcess {
         secrets: &Secrets,
         shutdown: &CancellationToken,
     ) -> Result<Self, FleetError> {
+        if let Some(m) = rewardfleet_telemetry::metrics() {
+            m.gateway_started();
+            if config.is_embedded() {
+                m.worker_started("embedded");
+            }
+        }
         let (gateway, embedded, heartbeat) = match &config.nats {
             None => {
                 let embedded = Embedded::start(config, secrets).await?;
@@ -440,7 +446,8 @@ pub async fn run_worker(
         )
     });
     // The pool's consumer lag, as gauges for autoscalers and dashboards.
-    let lag = rewardfleet_telemetry::metrics().map(|_| {
+    let lag = rewardfleet_telemetry::metrics().map(|m| {
+        m.worker_started(&config.worker.pool);
         tokio::spawn(export_lag(
             queue.clone(),
             config.worker.pool.clone(),

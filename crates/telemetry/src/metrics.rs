@@ -100,6 +100,21 @@ pub fn install(meter: &Meter) -> &'static Metrics {
 }
 
 impl Metrics {
+    /// Exports a gateway's series at zero before anything happens, so that dashboards and
+    /// alerts see `0`, not "no data".
+    pub fn gateway_started(&self) {
+        self.sessions_open.add(0, &[]);
+        self.candidates_in_flight.add(0, &[]);
+        self.window_stalls.add(0, &[]);
+    }
+
+    /// Exports the series of a worker of `pool` at zero (see [`Metrics::gateway_started`]).
+    pub fn worker_started(&self, pool: &str) {
+        let pool = [label("pool", pool.to_owned())];
+        self.jobs_redelivered.add(0, &pool);
+        self.jobs_dead_lettered.add(0, &pool);
+    }
+
     fn new(m: &Meter) -> Self {
         let seconds = |name: &'static str, help: &'static str| {
             m.f64_histogram(name)
