@@ -40,7 +40,7 @@ pub struct Telemetry {
 /// Sets up logging alone (commands that score nothing themselves, and before a config is read).
 pub fn logs_only(filter: EnvFilter, format: LogFormat) {
     let _ = tracing_subscriber::registry()
-        .with(log_layer(format).with_filter(filter))
+        .with(log_layer(format).with_filter(events_only(filter)))
         .try_init();
 }
 
@@ -70,7 +70,7 @@ pub async fn init(
             .with_filter(Targets::new().with_target("rewardfleet", tracing::Level::INFO))
     });
     let _ = tracing_subscriber::registry()
-        .with(log_layer(format).with_filter(filter))
+        .with(log_layer(format).with_filter(events_only(filter)))
         .with(otel_layer)
         .try_init();
     if let Some(provider) = &tracer {
@@ -103,6 +103,18 @@ impl Telemetry {
     }
 }
 
+/// The log filter, for events only: spans exist for traces, so with tracing off no span is ever
+/// built (instrumented code costs nothing), and log lines carry their own fields.
+fn events_only<S>(filter: EnvFilter) -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_event()
+    }))
+}
+
 fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -113,7 +125,7 @@ where
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => Box::new(layer),
-        LogFormat::Json => Box::new(layer.json().with_span_list(false)),
+        LogFormat::Json => Box::new(layer.json().with_current_span(false).with_span_list(false)),
     }
 }
 
