@@ -312,6 +312,8 @@ pub struct GatewayProcess {
     heartbeat: Option<(JetStreamQueue, rewardfleet_core::config::NatsConfig)>,
     /// Its name in its heartbeat.
     name: String,
+    /// The HTTP endpoints and their listener (`gateway.http_listen`), when configured.
+    http: Option<(rewardfleet_gateway::HttpApi, TcpListener)>,
 }
 
 impl GatewayProcess {
@@ -343,13 +345,31 @@ impl GatewayProcess {
                 (Gateway::new(config, Arc::new(queue)), None, heartbeat)
             }
         };
+        let http = match &config.gateway.http_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(|e| {
+                    FleetError::Config(format!("gateway.http_listen: cannot listen on {addr}: {e}"))
+                })?;
+                Some((
+                    rewardfleet_gateway::HttpApi::new(gateway.clone(), config),
+                    listener,
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             gateway,
             embedded,
             drain_timeout: config.gateway.drain_timeout,
             heartbeat,
             name: format!("gateway-{}", std::process::id()),
+            http,
         })
+    }
+
+    /// The address of the HTTP endpoints, when `gateway.http_listen` is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(|(_, l)| l.local_addr().ok())
     }
 
     /// The same gateway, named `name` in its heartbeat (default: `gateway-<pid>`).
@@ -364,8 +384,9 @@ impl GatewayProcess {
         &self.gateway
     }
 
-    /// Serves gRPC on `listener` until `shutdown` fires, drains, then stops an embedded worker.
-    /// In NATS mode it keeps its heartbeat meanwhile, and deletes it once drained.
+    /// Serves gRPC on `listener` (and the HTTP endpoints on `gateway.http_listen`) until
+    /// `shutdown` fires, drains both, then stops an embedded worker. In NATS mode it keeps its
+    /// heartbeat meanwhile, and deletes it once drained.
     ///
     /// # Errors
     /// If the transport fails.
@@ -380,8 +401,26 @@ impl GatewayProcess {
                 .map_or_else(|_| String::new(), |a| a.to_string());
             heartbeat::gateway(queue, &nats, self.name, listen, self.gateway.clone())
         });
+        let http = self.http.map(|(api, http_listener)| {
+            if let Ok(addr) = http_listener.local_addr() {
+                tracing::info!(%addr, "HTTP endpoints listening (/get_reward, /reward, /health)");
+            }
+            tokio::spawn(rewardfleet_gateway::serve_http(
+                api,
+                http_listener,
+                shutdown.clone(),
+                self.drain_timeout,
+            ))
+        });
         let served =
             rewardfleet_gateway::serve(self.gateway, listener, shutdown, self.drain_timeout).await;
+        if let Some(http) = http {
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the HTTP endpoints failed"),
+                Err(e) => tracing::error!(error = %e, "the HTTP server stopped"),
+            }
+        }
         if let Some(heartbeat) = heartbeat {
             heartbeat.finish().await;
         }

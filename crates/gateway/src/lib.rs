@@ -2,6 +2,7 @@
 //! senders back, and rewards streamed back as each job's result arrives.
 
 mod error;
+mod http;
 mod server;
 mod session;
 
@@ -15,6 +16,7 @@ use rewardfleet_queue::Queue;
 use tokio_util::task::TaskTracker;
 
 pub use error::GatewayError;
+pub use http::{HttpApi, serve_http};
 pub use server::{RewardApi, serve};
 pub use session::ScoreStream;
 
@@ -99,6 +101,16 @@ impl Gateway {
         self.inner.sessions.close();
         self.inner.sessions.wait().await;
         self.inner.sessions.reopen();
+    }
+
+    /// The profile a batch asking for `asked` is scored with (empty: the gateway's default, or
+    /// its only profile).
+    ///
+    /// # Errors
+    /// `InvalidArgument` on field `profile` for an unknown profile (listing the known ones), or
+    /// when none is asked for and the gateway has no default.
+    pub fn resolve_profile(&self, asked: &str) -> Result<String, GatewayError> {
+        self.profile_for(asked, "")
     }
 
     /// Resolves the profile a batch asks for.

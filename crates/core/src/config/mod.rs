@@ -109,6 +109,9 @@ impl Default for NatsConfig {
 pub struct GatewayConfig {
     /// Address the gRPC server listens on.
     pub listen: String,
+    /// Address of the HTTP endpoints for trainers that speak HTTP (OpenRLHF's `/get_reward`,
+    /// slime's remote reward, `/health`); none: no HTTP server.
+    pub http_listen: Option<String>,
     /// Window of a session that asks for none: unresolved candidates at most.
     pub max_in_flight: u32,
     /// The largest window a session may ask for.
@@ -124,6 +127,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            http_listen: None,
             max_in_flight: 1024,
             max_window: 65_536,
             default_profile: None,
@@ -405,6 +409,14 @@ impl Config {
             p.push(ConfigProblem::new(
                 "telemetry.prometheus_listen",
                 format!("{addr:?} is not an address (host:port, e.g. 0.0.0.0:9464)"),
+            ));
+        }
+        if let Some(addr) = &self.gateway.http_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(ConfigProblem::new(
+                "gateway.http_listen",
+                format!("{addr:?} is not an address (host:port, e.g. 0.0.0.0:8080)"),
             ));
         }
         if self.gateway.max_in_flight == 0 {

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of `rewardfleet.v1` (see scripts/gen_protos.py); do not edit."""
