@@ -164,21 +164,28 @@ fn resource(config: &TelemetryConfig, default_service: &str) -> Resource {
     builder.build()
 }
 
+/// An exporter with the export timeout, and the file's endpoint unless a variable names one for
+/// `signal` (then the exporter reads the variables itself).
+fn with_file_endpoint<B: WithExportConfig>(
+    exporter: B,
+    config: &TelemetryConfig,
+    signal: &str,
+) -> B {
+    let exporter = exporter.with_timeout(EXPORT_TIMEOUT);
+    let set_by_env = env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    match &config.otlp_endpoint {
+        Some(endpoint) if !set_by_env => exporter.with_endpoint(endpoint),
+        _ => exporter,
+    }
+}
+
 fn tracer_provider(
     config: &TelemetryConfig,
     resource: Resource,
 ) -> anyhow::Result<SdkTracerProvider> {
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_timeout(EXPORT_TIMEOUT);
-    // With no variable set, the file's endpoint; otherwise the exporter reads the variables.
-    if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        && env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-        && let Some(endpoint) = &config.otlp_endpoint
-    {
-        exporter = exporter.with_endpoint(endpoint);
-    }
-    let exporter = exporter
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let exporter = with_file_endpoint(exporter, config, "TRACES")
         .build()
         .context("telemetry: cannot build the OTLP trace exporter")?;
     let mut builder = SdkTracerProvider::builder()
@@ -203,16 +210,8 @@ async fn meter_provider(
     }
     let mut builder = SdkMeterProvider::builder().with_resource(resource);
     if otlp.is_some() {
-        let mut exporter = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_timeout(EXPORT_TIMEOUT);
-        if env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_none()
-            && env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-            && let Some(endpoint) = &config.otlp_endpoint
-        {
-            exporter = exporter.with_endpoint(endpoint);
-        }
-        let exporter = exporter
+        let exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+        let exporter = with_file_endpoint(exporter, config, "METRICS")
             .build()
             .context("telemetry: cannot build the OTLP metric exporter")?;
         builder = builder.with_reader(
