@@ -78,8 +78,9 @@ def credentials(
 
 def error_from_rpc(e: grpc.RpcError, target: str, health: str | None = None) -> RewardfleetError:
     """The client exception for a failed call, with what to do about it."""
-    code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (e.details() if isinstance(e, grpc.Call) else None) or str(e)
+    code = rpc_code(e) or grpc.StatusCode.UNKNOWN
+    details_of = getattr(e, "details", None)
+    details = (details_of() if callable(details_of) else None) or str(e)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return invalid_request(details)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -91,6 +92,13 @@ def error_from_rpc(e: grpc.RpcError, target: str, health: str | None = None) -> 
             "check that `rewardfleet gateway` runs there and listens on that port"
         )
     return RewardfleetError(f"rewardfleet gateway at {target}: {code.name}: {details}")
+
+
+def rpc_code(e: BaseException) -> grpc.StatusCode | None:
+    """The status code of a failed call (sync `grpc.Call` or `grpc.aio.AioRpcError`)."""
+    code_of = getattr(e, "code", None)
+    code = code_of() if callable(code_of) else None
+    return code if isinstance(code, grpc.StatusCode) else None
 
 
 def health_request(service: str) -> bytes:

@@ -19,6 +19,7 @@ from rewardfleet._common import (
     channel_options,
     credentials,
     error_from_rpc,
+    rpc_code,
     health_request,
     health_status,
     metadata_pairs,
@@ -168,7 +169,7 @@ class AsyncRewardClient:
                     raise book.source_error from None
                 if isinstance(e, asyncio.CancelledError):
                     raise
-                code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+                code = rpc_code(e)
                 if code not in RESUMABLE:
                     raise await self._error(e) from None
                 broken = await self._error(e)
@@ -253,14 +254,14 @@ class AsyncRewardClient:
         try:
             raw: bytes = await self._health(health_request(service), timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+            code = rpc_code(e)
             if code == grpc.StatusCode.NOT_FOUND:
                 return HealthState.SERVICE_UNKNOWN
             raise error_from_rpc(e, self.target, "unreachable") from None
         return HealthState(health_status(raw))
 
     async def _error(self, e: grpc.RpcError) -> RewardfleetError:
-        code = e.code() if isinstance(e, grpc.aio.AioRpcError) else None
+        code = rpc_code(e)
         state = None
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             try:

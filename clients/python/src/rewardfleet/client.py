@@ -18,6 +18,7 @@ from rewardfleet._common import (
     channel_options,
     credentials,
     error_from_rpc,
+    rpc_code,
     health_request,
     health_status,
     metadata_pairs,
@@ -170,7 +171,7 @@ class RewardClient:
             except grpc.RpcError as e:
                 if book.source_error is not None:
                     raise book.source_error from None
-                code = e.code() if isinstance(e, grpc.Call) else None
+                code = rpc_code(e)
                 if code not in RESUMABLE:
                     raise self._error(e) from None
                 broken = self._error(e)
@@ -227,7 +228,7 @@ class RewardClient:
         try:
             raw: bytes = self._health(health_request(service), timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else None
+            code = rpc_code(e)
             if code == grpc.StatusCode.NOT_FOUND:
                 return HealthState.SERVICE_UNKNOWN
             raise error_from_rpc(e, self.target, "unreachable") from None
@@ -235,7 +236,7 @@ class RewardClient:
 
     def _error(self, e: grpc.RpcError) -> RewardfleetError:
         """The exception for a failed call; for an unavailable gateway, with its health state."""
-        code = e.code() if isinstance(e, grpc.Call) else None
+        code = rpc_code(e)
         state = None
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             try:
