@@ -55,6 +55,18 @@ if ! cmp -s "$RF_ROOT/scripts/requirements.txt" "$stamp"; then
   cp "$RF_ROOT/scripts/requirements.txt" "$stamp"
 fi
 
+# The Python client and what its tests need (clients/python/requirements-*.txt; the trainer
+# libraries without their training stacks), with the client installed in place.
+py_stamp="$RF_VENV/.rewardfleet-python-requirements"
+py_reqs="$(cat "$RF_ROOT/clients/python/requirements-test.txt" "$RF_ROOT/clients/python/requirements-nodeps.txt" "$RF_ROOT/clients/python/pyproject.toml")"
+if [ "$py_reqs" != "$(cat "$py_stamp" 2>/dev/null)" ]; then
+  echo "setup: installing the Python client's test packages"
+  "$RF_VENV/bin/python" -m pip install -q -r "$RF_ROOT/clients/python/requirements-test.txt"
+  "$RF_VENV/bin/python" -m pip install -q --no-deps -r "$RF_ROOT/clients/python/requirements-nodeps.txt"
+  "$RF_VENV/bin/python" -m pip install -q --no-deps -e "$RF_ROOT/clients/python"
+  printf '%s' "$py_reqs" > "$py_stamp"
+fi
+
 export LIBTORCH_USE_PYTORCH=1
 export PATH="$RF_VENV/bin:$PATH"
 export RF_PYTHON="$RF_VENV/bin/python"

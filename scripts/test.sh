@@ -12,3 +12,10 @@ cargo clippy -p rewardfleet-cli --no-default-features --locked -- -D warnings
 # The end-to-end tests run the real binary.
 cargo build --locked -p rewardfleet-cli
 cargo test --workspace --locked
+# The Python client: stubs current with proto/, types, and its tests against the binary just built.
+(
+  cd clients/python
+  "$RF_PYTHON" scripts/gen_protos.py --check
+  "$RF_PYTHON" -m mypy
+  RF_BINARY="${CARGO_TARGET_DIR:-$PWD/../../target}/debug/rewardfleet" "$RF_PYTHON" -m pytest -q -p no:warnings
+)
