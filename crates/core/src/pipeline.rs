@@ -53,8 +53,13 @@ impl Pipeline {
             profile: job.profile.clone(),
         };
         let groups = into_groups(job.candidates.clone());
-        let scored =
-            futures::future::join_all(groups.iter().map(|g| profile.score_group(&ctx, g))).await;
+        let spans = profile.component_spans(job.candidates.len());
+        let scored = futures::future::join_all(
+            groups
+                .iter()
+                .map(|g| profile.score_group_in(&ctx, g, &spans)),
+        )
+        .await;
         let mut by_id: HashMap<String, Reward> = HashMap::with_capacity(job.candidates.len());
         let mut retry = false;
         for outcome in scored {

@@ -52,12 +52,44 @@ impl Profile {
     /// outcome says whether a FAILED reward came from an error that may go away if the job is
     /// tried again later (a judge down, a timeout).
     pub async fn score_group(&self, ctx: &ScoreContext, group: &[Candidate]) -> JobOutcome {
-        let outcomes = futures::future::join_all(
-            self.components
-                .iter()
-                .map(|c| score_component(c, ctx, group)),
-        )
-        .await;
+        self.score_group_in(ctx, group, &self.component_spans(group.len()))
+            .await
+    }
+
+    /// One span per component (`score <component>`), for `candidates` candidates: a job makes
+    /// them once and scores each of its groups in them ([`Profile::score_group_in`]), so a
+    /// trace shows each scorer once per job, not once per group.
+    pub fn component_spans(&self, candidates: usize) -> Vec<tracing::Span> {
+        self.components
+            .iter()
+            .map(|c| {
+                tracing::info_span!(
+                    "score",
+                    otel.name = %format_args!("score {}", c.name),
+                    rewardfleet.component = %c.name,
+                    rewardfleet.scorer.kind = c.kind.as_str(),
+                    rewardfleet.candidates = candidates,
+                    error.type = tracing::field::Empty,
+                )
+            })
+            .collect()
+    }
+
+    /// As [`Profile::score_group`], each component's scorer running in its span of `spans`
+    /// (from [`Profile::component_spans`]).
+    pub async fn score_group_in(
+        &self,
+        ctx: &ScoreContext,
+        group: &[Candidate],
+        spans: &[tracing::Span],
+    ) -> JobOutcome {
+        use tracing::Instrument;
+        let outcomes =
+            futures::future::join_all(self.components.iter().enumerate().map(|(i, c)| {
+                let span = spans.get(i).cloned().unwrap_or_else(tracing::Span::none);
+                score_component(c, ctx, group).instrument(span)
+            }))
+            .await;
         let rewards = self.combine(group, &outcomes);
         let retry = rewards.iter().enumerate().any(|(i, r)| {
             r.status() == RewardStatus::Failed
@@ -233,6 +265,18 @@ impl Profile {
 }
 
 async fn score_component(c: &Component, ctx: &ScoreContext, group: &[Candidate]) -> Vec<Outcome> {
+    let outcomes = score_with_fallback(c, ctx, group).await;
+    if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        tracing::Span::current().record("error.type", e.reason.as_str());
+    }
+    outcomes
+}
+
+async fn score_with_fallback(
+    c: &Component,
+    ctx: &ScoreContext,
+    group: &[Candidate],
+) -> Vec<Outcome> {
     let mut outcomes = c.scorer.score(ctx, group).await;
     let Some((fallback_name, fallback)) = &c.fallback else {
         return outcomes;

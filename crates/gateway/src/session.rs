@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use rewardfleet_core::RewardStatus;
 use rewardfleet_core::{Candidate, Job, JobAccepted, JobResult, Reward, split_into_jobs};
 use rewardfleet_proto::v1::Timing;
 use rewardfleet_proto::v1::{
@@ -19,7 +20,7 @@ use rewardfleet_proto::v1::{
     SessionOpened, score_request, score_response,
 };
 use rewardfleet_queue::{QueueError, ResultStream, SessionEvent};
-use rewardfleet_telemetry::metrics::label;
+use rewardfleet_telemetry::metrics::{KeyValue, label};
 use rewardfleet_telemetry::{metrics, trace_id};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -385,12 +386,13 @@ impl Gateway {
         let jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)
             .map_err(|e| GatewayError::input("batch", e))?;
         let arrived = Instant::now();
+        let profile_label = label("profile", profile.clone());
         for job in &jobs {
             session.clocks.insert(
                 job.job_id.clone(),
                 JobClock {
                     arrived,
-                    profile: profile.clone(),
+                    profile: profile_label.clone(),
                 },
             );
         }
@@ -530,42 +532,57 @@ impl Gateway {
     ) -> bool {
         let clock = session.clocks.remove(&result.job_id);
         let m = metrics();
-        let mut failed = 0;
+        // Counted per job, recorded once: [ok, degraded, failed, unspecified].
+        let mut by_status = [0u64; 4];
+        let mut resolved = 0;
+        let mut sent_all = true;
+        let mut job_timing = None;
         for mut reward in result.rewards {
             if !session.delivered.insert(reward.candidate_id.clone()) {
                 continue;
             }
             if session.owed.remove(&reward.candidate_id) {
                 self.inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                if let Some(m) = m {
-                    m.candidates_in_flight.add(-1, &[]);
-                }
+                resolved += 1;
             }
-            if reward.status() == rewardfleet_core::RewardStatus::Failed {
-                failed += 1;
-            }
+            let status = reward.status();
+            by_status[status_index(status)] += 1;
             if let Some(clock) = &clock {
                 let timing = reward.timing.get_or_insert_with(Timing::default);
                 let total = clock.arrived.elapsed().as_secs_f64() * 1e3;
                 timing.total_ms = total;
                 timing.queue_ms = (total - timing.scoring_ms).max(0.0);
-                if let Some(m) = m {
-                    let profile = label("profile", clock.profile.clone());
-                    m.reward_latency
-                        .record(total / 1e3, std::slice::from_ref(&profile));
-                    m.queue_wait
-                        .record(timing.queue_ms / 1e3, std::slice::from_ref(&profile));
-                    m.rewards
-                        .add(1, &[profile, label("status", reward.status().label())]);
-                }
+                job_timing = Some(*timing);
             }
             let response = ScoreResponse {
                 kind: Some(score_response::Kind::Reward(reward)),
             };
             if tx.send(Ok(response)).await.is_err() {
-                return false;
+                sent_all = false;
+                break;
             }
         }
+        if let Some(m) = m {
+            m.candidates_in_flight.add(-resolved, &[]);
+            // Per job: its candidates share their batch's arrival, their scoring and their send.
+            if let (Some(clock), Some(t)) = (&clock, job_timing) {
+                let profile = std::slice::from_ref(&clock.profile);
+                m.reward_latency.record(t.total_ms / 1e3, profile);
+                m.queue_wait.record(t.queue_ms / 1e3, profile);
+            }
+            if let Some(clock) = &clock {
+                for (status, n) in STATUSES.iter().zip(by_status) {
+                    if n > 0 {
+                        m.rewards
+                            .add(n, &[clock.profile.clone(), label("status", status.label())]);
+                    }
+                }
+            }
+        }
+        if !sent_all {
+            return false;
+        }
+        let failed = by_status[status_index(RewardStatus::Failed)];
         if failed > 0 {
             tracing::debug!(
                 session = %session.id,
@@ -579,10 +596,27 @@ impl Gateway {
     }
 }
 
-/// When a job's batch arrived, and its profile: for the rewards' timing and metrics.
+/// When a job's batch arrived, and its profile's label: for the rewards' timing and metrics.
 struct JobClock {
     arrived: Instant,
-    profile: String,
+    profile: KeyValue,
+}
+
+/// Reward statuses, in the order [`status_index`] gives.
+const STATUSES: [RewardStatus; 4] = [
+    RewardStatus::Ok,
+    RewardStatus::Degraded,
+    RewardStatus::Failed,
+    RewardStatus::Unspecified,
+];
+
+fn status_index(status: RewardStatus) -> usize {
+    match status {
+        RewardStatus::Ok => 0,
+        RewardStatus::Degraded => 1,
+        RewardStatus::Failed => 2,
+        RewardStatus::Unspecified => 3,
+    }
 }
 
 /// The end of a session whose request stream failed: a request that cannot be decoded is the

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The trace context of one span, as the header fields that the global propagator writes
@@ -74,6 +74,41 @@ impl TraceContext {
         let sc = cx.span().span_context().clone();
         if sc.is_valid() {
             span.add_link(sc);
+        }
+    }
+}
+
+/// A span's identity within one process, cheap to copy: for work that joins work of many spans
+/// on another thread (a model batch), where the batch's span is parented and linked to them.
+/// `None` inside when the span is not sampled, so unsampled work costs nothing downstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanLink(Option<SpanContext>);
+
+impl SpanLink {
+    /// The identity of `span`, if it is recorded and sampled.
+    pub fn of(span: &tracing::Span) -> Self {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        Self((sc.is_valid() && sc.is_sampled()).then_some(sc))
+    }
+
+    /// Whether there is a sampled span behind it.
+    pub fn is_sampled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Makes the linked span the parent of `span` (call before `span` is entered).
+    pub fn set_parent_of(&self, span: &tracing::Span) {
+        if let Some(sc) = &self.0 {
+            let cx = opentelemetry::Context::new().with_remote_span_context(sc.clone());
+            let _ = span.set_parent(cx);
+        }
+    }
+
+    /// Adds a link from `span` to the linked span.
+    pub fn link_from(&self, span: &tracing::Span) {
+        if let Some(sc) = &self.0 {
+            span.add_link(sc.clone());
         }
     }
 }

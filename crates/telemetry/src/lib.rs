@@ -9,7 +9,7 @@
 mod context;
 pub mod metrics;
 
-pub use context::{TraceContext, trace_id};
+pub use context::{SpanLink, TraceContext, trace_id};
 pub use metrics::{Metrics, metrics};
 
 /// Attribute keys from the OpenTelemetry semantic conventions, and the fleet's own.

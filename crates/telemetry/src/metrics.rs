@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use opentelemetry::KeyValue;
+pub use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 
 /// Latency buckets in seconds, for stages that take from half a millisecond (a rule, a cached
@@ -35,11 +35,11 @@ pub const RATIO_BUCKETS: &[f64] = &[0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7
 pub struct Metrics {
     /// `rewardfleet_rewards_total{profile,status}`: rewards sent to trainers by a gateway.
     pub rewards: Counter<u64>,
-    /// `rewardfleet_reward_latency_seconds{profile}`: end to end per candidate, from the batch's
-    /// arrival at the gateway to its reward's send.
+    /// `rewardfleet_reward_latency_seconds{profile}`: end to end per job, from its batch's
+    /// arrival at the gateway to its rewards' send (a job's candidates share it).
     pub reward_latency: Histogram<f64>,
-    /// `rewardfleet_queue_wait_seconds{profile}`: a candidate's time outside scoring (queued,
-    /// in transit): its end-to-end time less its job's scoring time.
+    /// `rewardfleet_queue_wait_seconds{profile}`: a job's time outside scoring (queued, in
+    /// transit): its end-to-end time less its scoring time.
     pub queue_wait: Histogram<f64>,
     /// `rewardfleet_sessions_open`: Score sessions open on a gateway.
     pub sessions_open: UpDownCounter<i64>,
@@ -130,11 +130,11 @@ impl Metrics {
             rewards: counter("rewardfleet_rewards", "Rewards sent to trainers."),
             reward_latency: seconds(
                 "rewardfleet_reward_latency_seconds",
-                "Per candidate, from its batch's arrival at the gateway to its reward's send.",
+                "Per job, from its batch's arrival at the gateway to its rewards' send.",
             ),
             queue_wait: seconds(
                 "rewardfleet_queue_wait_seconds",
-                "Per candidate, time outside scoring: queued and in transit.",
+                "Per job, time outside scoring: queued and in transit.",
             ),
             sessions_open: m
                 .i64_up_down_counter("rewardfleet_sessions_open")

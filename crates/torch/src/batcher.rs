@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rewardfleet_core::ScoreError;
 use tokio::sync::oneshot;
 
-use rewardfleet_telemetry::TraceContext;
+use rewardfleet_telemetry::SpanLink;
 use rewardfleet_telemetry::metrics::{label, metrics};
 
 use crate::stats::Counters;
@@ -79,8 +79,8 @@ pub(crate) struct Entry {
     pub ids: Vec<i64>,
     pub reply: oneshot::Sender<Reply>,
     pub since: Instant,
-    /// The trace context of the scorer call it came from (the batch's span links to it).
-    pub trace: TraceContext,
+    /// The scorer call it came from (the batch's span is parented or linked to it).
+    pub trace: SpanLink,
     pub _permit: Permit,
 }
 
@@ -226,7 +226,7 @@ impl Batcher {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Work(requests, span) => {
-                let trace = TraceContext::of(&span);
+                let trace = SpanLink::of(&span);
                 let _enter = span.enter();
                 let now = Instant::now();
                 for r in requests {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rewardfleet_core::ScoreError;
 use rewardfleet_core::config::{self, Dtype, ModelConfig, ModelKind, Pooling};
-use rewardfleet_telemetry::TraceContext;
+use rewardfleet_telemetry::SpanLink;
 use rewardfleet_telemetry::metrics::{label, metrics};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 use tracing::Span;
@@ -471,12 +471,16 @@ impl Replica {
     /// scorer call it serves (other groups, often of other jobs and traces), so each job's trace
     /// shows the batch it joined.
     fn batch_span(&self, entries: &[Entry], width: usize, real: usize, full: bool) -> Span {
-        let mut traces: Vec<&TraceContext> = Vec::new();
+        let mut calls: Vec<&SpanLink> = Vec::new();
         for e in entries {
-            if !e.trace.is_empty() && !traces.contains(&&e.trace) {
-                traces.push(&e.trace);
+            if e.trace.is_sampled() && !calls.contains(&&e.trace) {
+                calls.push(&e.trace);
             }
         }
+        // No traced caller: no span to make.
+        let Some((parent, others)) = calls.split_first() else {
+            return Span::none();
+        };
         let span = tracing::info_span!(
             "forward",
             otel.name = %format_args!("forward {}", self.model),
@@ -486,13 +490,11 @@ impl Replica {
             rewardfleet.batch.width = width,
             rewardfleet.batch.tokens = real,
             rewardfleet.batch.full = full,
-            rewardfleet.batch.requests = traces.len(),
+            rewardfleet.batch.requests = calls.len(),
         );
-        if let Some((parent, others)) = traces.split_first() {
-            parent.set_parent_of(&span);
-            for other in others {
-                other.link_from(&span);
-            }
+        parent.set_parent_of(&span);
+        for other in others {
+            other.link_from(&span);
         }
         span
     }
