@@ -31,6 +31,18 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus
 fi
 
+# kubectl (with its built-in kustomize) renders the Kubernetes manifests of deploy/ for their
+# tests. Debian's own kubernetes-client is far too old (kustomize v2); install kubectl where a
+# configured package source offers it, else the deploy tests say why they skip.
+if ! command -v kubectl >/dev/null 2>&1; then
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    echo "setup: installing kubectl"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubectl
+  else
+    echo "setup: no kubectl package here; tests/tests/deploy.rs will skip (install kubectl 1.27+ to run it)" >&2
+  fi
+fi
+
 # The Rust toolchain and its components.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no Rust toolchain found; install one with rustup (stable, 1.89 or newer)" >&2

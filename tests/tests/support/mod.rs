@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+pub mod deploy;
 pub mod grafana;
 pub mod otlp;
 pub mod process;
