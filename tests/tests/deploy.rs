@@ -324,5 +324,31 @@ async fn manifests_that_contradict_the_binary_fail_naming_the_file_and_field() {
         "worker.max_concurrent_jobs",
     );
 
+    // A worker without the variable its configuration names for the NATS token: the binary reads
+    // it at start, and would exit.
+    let changed = mutate(&r.objects, "Deployment", "rewardfleet-worker-cpu", |o| {
+        let env = o["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .unwrap();
+        env.retain(|e| e["name"] != "NATS_TOKEN");
+    });
+    expect(
+        &static_problems(&changed),
+        "pools/cpu/worker.yaml",
+        "spec.template.spec.containers[0].env",
+        "names $NATS_TOKEN, which the container does not set",
+    );
+
+    // A NetworkPolicy that lets anyone reach the gateways.
+    let changed = mutate(&r.objects, "NetworkPolicy", "rewardfleet-gateway", |o| {
+        o["spec"]["ingress"][0]["from"] = serde_json::json!([]);
+    });
+    expect(
+        &static_problems(&changed),
+        "pools/cpu/gateway.yaml",
+        "spec.template.metadata.labels",
+        "let any pod reach port 50051, not only trainers",
+    );
+
     assert_none("stopping", &fleet.stop(&r.objects));
 }
