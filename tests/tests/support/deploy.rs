@@ -425,12 +425,18 @@ impl ConfigFile {
     }
 }
 
+/// The file a container's command line names with `--config FILE` (`-c FILE` for nats-server).
 fn config_arg(container: &Value) -> Option<String> {
-    let args: Vec<&str> = array(&container["args"])
+    let args: Vec<&str> = array(&container["command"])
         .into_iter()
-        .chain(array(&container["command"]).into_iter().skip(1))
+        .skip(1)
+        .chain(array(&container["args"]))
         .filter_map(Value::as_str)
         .collect();
+    config_in(&args)
+}
+
+fn config_in(args: &[&str]) -> Option<String> {
     for (i, a) in args.iter().enumerate() {
         if *a == "--config" || *a == "-c" {
             return args.get(i + 1).map(|s| (*s).to_owned());
@@ -1717,7 +1723,8 @@ impl LocalFleet {
             mounts: paths.clone(),
         };
         if matches!(role, Role::Gateway | Role::Worker) {
-            let local = config_arg(&container_with_args(c, &container.args)).map(PathBuf::from);
+            let args: Vec<&str> = container.args.iter().map(String::as_str).collect();
+            let local = config_in(&args).map(PathBuf::from);
             if let Some(local) = local {
                 container.config = fs::read_to_string(&local)
                     .ok()
@@ -2290,13 +2297,6 @@ impl LocalFleet {
         }
         problems
     }
-}
-
-fn container_with_args(c: &Value, args: &[String]) -> Value {
-    let mut c = c.clone();
-    c["command"] = json!(["program"]);
-    c["args"] = json!(args);
-    c
 }
 
 /// A made-up value for key `key` of Secret `name`: the same in every container that reads it.
