@@ -1,8 +1,10 @@
 //! What telemetry costs: fleet throughput with every span exported (sampling ratio 1.0, to an
 //! OTLP collector) and metrics on (OTLP push and a Prometheus endpoint), against both off, in one
-//! run. Two `rewardfleet gateway` processes in embedded mode, identical but for `[telemetry]`,
-//! are driven in turn (the order alternating per round, so that drift on a shared machine hits
-//! both alike) by Score sessions of the Rust client; the ratio is taken round by round.
+//! run. Two fleets, identical but for `[telemetry]` — by default each a `rewardfleet worker` and
+//! a `rewardfleet gateway` on one nats-server (streams of their own), with `--mode embedded` each
+//! one `rewardfleet gateway` process — are driven in turn (the order alternating per round, so
+//! that drift on a shared machine hits both alike) by Score sessions of the Rust client; the
+//! ratio is taken round by round.
 //!
 //! ```sh
 //! cargo build --release -p rewardfleet-cli --examples
@@ -76,16 +78,18 @@ impl MetricsService for Sink {
     }
 }
 
-/// A gateway process; killed when dropped.
-struct Gateway {
-    child: Child,
+/// A fleet's processes (a gateway, and a worker in NATS mode); killed when dropped.
+struct Fleet {
+    children: Vec<Child>,
     url: String,
 }
 
-impl Drop for Gateway {
+impl Drop for Fleet {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -105,10 +109,12 @@ fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn start(config: &Path) -> anyhow::Result<Gateway> {
+/// Starts `rewardfleet <role> --config <config>` and waits for the line starting with `ready`;
+/// returns the process and the rest of that line.
+fn spawn(role: &str, config: &Path, ready: &str) -> anyhow::Result<(Child, String)> {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(binary()?)
-        .args(["gateway", "--config"])
+        .args([role, "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -118,19 +124,45 @@ fn start(config: &Path) -> anyhow::Result<Gateway> {
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line?;
-        if let Some(addr) = line.strip_prefix("rewardfleet gateway listening on ") {
-            let url = format!("http://{addr}");
+        if let Some(rest) = line.strip_prefix(ready) {
+            let rest = rest.to_owned();
             // Keep reading (and dropping) its output so that it never blocks on a full pipe.
             std::thread::spawn(move || lines.for_each(drop));
-            return Ok(Gateway { child, url });
+            return Ok((child, rest));
         }
     }
-    anyhow::bail!("the gateway ({}) exited before listening", config.display())
+    anyhow::bail!(
+        "the {role} ({}) exited before it was ready",
+        config.display()
+    )
 }
 
-fn config(models: &Path, minilm: &Path, telemetry: &str) -> String {
+/// A gateway, after its worker when the config has `[nats]`.
+fn start(config: &Path, nats: bool) -> anyhow::Result<Fleet> {
+    let mut children = Vec::new();
+    if nats {
+        children.push(spawn("worker", config, "rewardfleet worker pulling")?.0);
+    }
+    let (gateway, addr) = spawn("gateway", config, "rewardfleet gateway listening on ")?;
+    children.push(gateway);
+    Ok(Fleet {
+        children,
+        url: format!("http://{addr}"),
+    })
+}
+
+/// The `[nats]` section of fleet `tag` on the server at `url`: streams and subjects of its own,
+/// so that two fleets share one server without sharing work.
+fn nats_section(url: &str, tag: &str) -> String {
     format!(
-        r#"[gateway]
+        "[nats]\nurl = \"{url}\"\nsubject_prefix = \"rf{tag}\"\njobs_stream = \"RF_JOBS_{tag}\"\nresults_stream = \"RF_RESULTS_{tag}\"\n"
+    )
+}
+
+fn config(models: &Path, minilm: &Path, nats: &str, telemetry: &str) -> String {
+    format!(
+        r#"{nats}
+[gateway]
 listen = "127.0.0.1:0"
 max_window = 65536
 
@@ -224,7 +256,12 @@ enum Only {
     Nothing,
 }
 
-async fn run(rounds: usize, sizes: [(&'static str, usize); 3], only: Only) -> anyhow::Result<()> {
+async fn run(
+    rounds: usize,
+    sizes: [(&'static str, usize); 3],
+    only: Only,
+    embedded: bool,
+) -> anyhow::Result<()> {
     let sink = Sink::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let collector = listener.local_addr()?;
@@ -237,14 +274,24 @@ async fn run(rounds: usize, sizes: [(&'static str, usize); 3], only: Only) -> an
     let dir = tempfile::tempdir()?;
     let models = rewardfleet_testkit::test_models("tiny", &[], dir.path());
     let minilm = rewardfleet_testkit::test_models("minilm", &[], dir.path());
+    let nats = if embedded {
+        None
+    } else {
+        Some(rewardfleet_testkit::NatsServer::start().await?)
+    };
+    let section = |tag: &str| {
+        nats.as_ref()
+            .map_or(String::new(), |n| nats_section(&n.url(), tag))
+    };
     let off = dir.path().join("off.toml");
     let on = dir.path().join("on.toml");
-    std::fs::write(&off, config(&models, &minilm, ""))?;
+    std::fs::write(&off, config(&models, &minilm, &section("OFF"), ""))?;
     std::fs::write(
         &on,
         config(
             &models,
             &minilm,
+            &section("ON"),
             &match only {
                 Only::Both => format!(
                     "[telemetry]\notlp_endpoint = \"http://{collector}\"\nsampling_ratio = 1.0\nprometheus_listen = \"127.0.0.1:0\"\nmetrics_interval = \"1s\""
@@ -260,11 +307,16 @@ async fn run(rounds: usize, sizes: [(&'static str, usize); 3], only: Only) -> an
             },
         ),
     )?;
-    let off = start(&off)?;
-    let on = start(&on)?;
+    let off = start(&off, nats.is_some())?;
+    let on = start(&on, nats.is_some())?;
 
+    let mode = if embedded {
+        "embedded (one process)"
+    } else {
+        "NATS JetStream (nats-server, a gateway and a worker process)"
+    };
     println!(
-        "Telemetry overhead: {rounds} rounds, order alternating; candidates/s (median) and on/off"
+        "Telemetry overhead, {mode}: {rounds} rounds, order alternating; candidates/s (median) and on/off"
     );
     println!("| profile | candidates | off | on | on/off (median of rounds) | min | max |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
@@ -310,6 +362,7 @@ fn main() -> ExitCode {
     let mut model = 10_000;
     let mut minilm = 1_000;
     let mut only = Only::Both;
+    let mut embedded = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let raw = args.next();
@@ -318,13 +371,15 @@ fn main() -> ExitCode {
             ("--only", _) if raw.as_deref() == Some("traces") => only = Only::Traces,
             ("--only", _) if raw.as_deref() == Some("metrics") => only = Only::Metrics,
             ("--only", _) if raw.as_deref() == Some("nothing") => only = Only::Nothing,
+            ("--mode", _) if raw.as_deref() == Some("embedded") => embedded = true,
+            ("--mode", _) if raw.as_deref() == Some("nats") => embedded = false,
             ("--rounds", Some(n)) if n > 0 => rounds = n,
             ("--rules", Some(n)) if n > 0 => rules = n,
             ("--model", Some(n)) if n > 0 => model = n,
             ("--minilm", Some(n)) if n > 0 => minilm = n,
             _ => {
                 eprintln!(
-                    "usage: telemetry_bench [--rounds N] [--rules N] [--model N] [--minilm N] [--only traces|metrics|nothing]"
+                    "usage: telemetry_bench [--rounds N] [--rules N] [--model N] [--minilm N] [--only traces|metrics|nothing] [--mode nats|embedded]"
                 );
                 return ExitCode::FAILURE;
             }
@@ -341,6 +396,7 @@ fn main() -> ExitCode {
         rounds,
         [("rules", rules), ("model", model), ("minilm", minilm)],
         only,
+        embedded,
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
