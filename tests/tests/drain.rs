@@ -125,6 +125,23 @@ floor = -1.0
         "jobs are in flight when SIGTERM comes"
     );
     let sent = Instant::now();
+    worker_a.signal_term();
+    // While it drains (its jobs wait on the judge) it is alive and not ready.
+    let health = format!("127.0.0.1:{health_a}");
+    let mut ready = http_status(&health, "/readyz");
+    for _ in 0..100 {
+        if ready == Some(503) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = http_status(&health, "/readyz");
+    }
+    assert_eq!(ready, Some(503), "/readyz while draining");
+    assert_eq!(
+        http_status(&health, "/livez"),
+        Some(200),
+        "/livez while draining"
+    );
     let status = worker_a.terminate(Duration::from_secs(20));
     assert!(status.success(), "worker exited with {status}");
     eprintln!("worker drained and exited 0 in {:?}", sent.elapsed());

@@ -467,11 +467,14 @@ pub async fn run_worker(
     shutdown: CancellationToken,
     secrets: &Secrets,
 ) -> Result<(), FleetError> {
+    // The probes answer until the worker has drained: `/readyz` says 503 while it drains.
+    let probes = CancellationToken::new();
+    let _stop_probes = probes.clone().drop_guard();
     if let Some(listener) = options.health {
         tokio::spawn(rewardfleet_worker::serve_health(
             listener,
             Arc::clone(&options.stats),
-            shutdown.child_token(),
+            probes,
         ));
     }
     let queue = connect(config, "worker", secrets).await?;

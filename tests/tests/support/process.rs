@@ -58,13 +58,18 @@ impl Process {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits for the exit (at most `limit`).
-    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+    /// SIGTERM, without waiting.
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the exit (at most `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal_term();
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
