@@ -671,3 +671,50 @@ async fn telemetry_that_cannot_start_says_why_and_never_fails_a_candidate() {
     assert_eq!(stdout.lines().count(), 20);
     assert!(!stdout.contains("FAILED"), "{stdout}");
 }
+
+/// The standard variables win over the file: `OTEL_EXPORTER_OTLP_ENDPOINT` turns tracing on
+/// with no `[telemetry]` at all, `OTEL_SERVICE_NAME` names the service, and
+/// `OTEL_TRACES_SAMPLER=always_off` records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_otel_variables_win_over_the_file() {
+    let collector = Collector::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[profile.p]\ncomponents = [{ rule = \"max_chars\", limit = 10 }]\n",
+    )
+    .unwrap();
+    let input = tmp.path().join("in.jsonl");
+    support::write_input(&input, 5);
+    let score = |envs: &[(&str, &str)]| {
+        let out = Command::new(binary())
+            .args(["score", "--config"])
+            .arg(&config)
+            .arg(&input)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    score(&[("OTEL_SERVICE_NAME", "trainer-box-scorer")]);
+    let spans = collector.spans();
+    assert!(
+        spans.iter().any(|s| s.span.name == "job p"),
+        "traced with no [telemetry] in the file"
+    );
+    assert!(spans.iter().all(|s| s.service == "trainer-box-scorer"));
+    let before = spans.len();
+    score(&[("OTEL_TRACES_SAMPLER", "always_off")]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        collector.spans().len(),
+        before,
+        "always_off records nothing"
+    );
+}
