@@ -1,0 +1,3 @@
+//! Arena evaluations: the statistics behind pairwise win rates, Elo and Bradley–Terry ratings, length control and factuality (pure functions, no IO).
+
+pub mod stats;
