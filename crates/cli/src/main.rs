@@ -1,5 +1,6 @@
 //! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`.
 
+mod arena;
 mod jsonl;
 mod status;
 mod summary;
@@ -47,6 +48,9 @@ enum Command {
     Worker(ConfigArg),
     /// Validates a configuration and says exactly what is wrong and where.
     Check(ConfigArg),
+    /// Compares the responses of two or more models with the profile's pairwise judge: win
+    /// rates, Elo, Bradley–Terry ratings.
+    Arena(arena::ArenaArgs),
     /// Shows a fleet on NATS: each pool's queued jobs, the live workers and gateways, recent
     /// throughput and failure rate.
     Status(status::StatusArgs),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Gateway(_) | Command::Worker(_) => "warn,rewardfleet=info",
+        Command::Arena(_) => "warn",
         Command::Score(_) | Command::Check(_) | Command::Status(_) => "warn",
     };
     let logging = Logging {
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Score(args) => score(args, &logging).await,
+            Command::Arena(args) => arena::run(args, &logging).await,
             Command::Gateway(args) => gateway(&args.config, &logging).await,
             Command::Worker(args) => worker(&args.config, &logging).await,
             Command::Check(args) => {

@@ -1,0 +1,193 @@
+//! `rewardfleet arena` through the real binary on examples/arena/, with the fake judge on a free
+//! port: per-pair wins, losses and ties as the fake judge's qualities imply them, Wilson
+//! intervals, Bradley–Terry ratings and the win-rate matrix; position-biased verdicts dropped or
+//! counted as ties; bad input (unmatched prompt ids, duplicate ids, a profile without a pairwise
+//! judge) reported by name before any judge call.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Fault};
+use serde_json::Value;
+use support::binary;
+
+fn example(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/arena")
+        .join(file)
+}
+
+/// examples/arena/arena.toml with the judge at `judge`'s address, written in `dir`.
+fn config(dir: &Path, judge: &FakeJudge) -> PathBuf {
+    let text = std::fs::read_to_string(example("arena.toml")).unwrap();
+    assert!(text.contains("http://127.0.0.1:8000/v1"));
+    let text = text.replace("http://127.0.0.1:8000/v1", &judge.base_url());
+    let path = dir.join("arena.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn arena(config: &Path, args: &[&str], files: &[PathBuf]) -> Output {
+    Command::new(binary())
+        .arg("arena")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .args(files)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn models() -> Vec<PathBuf> {
+    ["baseline.jsonl", "tuned.jsonl", "verbose.jsonl"]
+        .iter()
+        .map(|f| example(f))
+        .collect()
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "arena failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn pair<'a>(report: &'a Value, a: &str, b: &str) -> &'a Value {
+    report["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["a"] == a && p["b"] == b)
+        .unwrap_or_else(|| panic!("no pair {a} vs {b} in {report}"))
+}
+
+fn counts(p: &Value) -> [u64; 4] {
+    ["wins", "losses", "ties", "inconsistent"].map(|k| p[k].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_models_give_pairs_ratings_and_a_matrix() {
+    let judge = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &judge);
+    let files = models();
+    let report = json(&arena(&config, &["--json", "--seed", "3"], &files));
+    // The fake judge compares the [quality:N] markers (see the example files), per prompt:
+    // baseline 5 6 3 6 7 2 6 2, tuned 8 8 7 6 8 8 5 7, verbose 7 7 9 9 6 7 8 8.
+    let bt = pair(&report, "baseline", "tuned");
+    assert_eq!(counts(bt), [1, 6, 1, 0]);
+    assert_eq!(bt["win_rate"].as_f64().unwrap(), 1.5 / 8.0);
+    // Wilson 95 % of 1.5/8, by the formula (see crates/arena/src/stats.rs).
+    let (low, high) = (
+        bt["ci"]["low"].as_f64().unwrap(),
+        bt["ci"]["high"].as_f64().unwrap(),
+    );
+    assert!((low - 0.044_543_9).abs() < 1e-6 && (high - 0.533_210_8).abs() < 1e-6);
+    assert!((bt["elo"].as_f64().unwrap() - 400.0 * (1.5f64 / 6.5).log10()).abs() < 1e-9);
+    assert_eq!(counts(pair(&report, "baseline", "verbose")), [1, 7, 0, 0]);
+    assert_eq!(counts(pair(&report, "tuned", "verbose")), [4, 4, 0, 0]);
+    assert!(pair(&report, "tuned", "verbose")["comparisons_needed"].is_null());
+    let ratings = report["ratings"].as_array().unwrap();
+    assert_eq!(ratings.len(), 3);
+    assert_eq!(ratings[2]["model"], "baseline");
+    let mean: f64 = ratings
+        .iter()
+        .map(|r| r["rating"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    assert!((mean - 1000.0).abs() < 1e-6, "{mean}");
+    let m = &report["matrix"];
+    assert_eq!(m[1][0].as_f64().unwrap(), 6.5 / 8.0);
+    // Both orders of every pair of every prompt: 3 pairs × 8 prompts × 2.
+    assert_eq!(judge.calls(), 48);
+
+    // A second run (a new process: the judge is asked again) reports the same, seed included.
+    let again = json(&arena(&config, &["--json", "--seed", "3"], &files));
+    assert_eq!(again["ratings"], report["ratings"]);
+
+    // The terminal table.
+    let out = arena(&config, &["--anchor", "baseline"], &files);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("Bradley–Terry"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("baseline ") && l.contains(" 1000.0  [")),
+        "{table}"
+    );
+    assert!(table.contains("18.8%"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn position_biased_verdicts_are_dropped_or_ties() {
+    // A judge that always prefers what it is shown first.
+    let judge = FakeJudge::start(FakeJudgeConfig {
+        fault_rate: 1.0,
+        random_fault: Fault::PositionBias,
+        ..FakeJudgeConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &judge);
+    let files = &models()[..2];
+    let dropped = json(&arena(&config, &["--json"], files));
+    let p = pair(&dropped, "baseline", "tuned");
+    assert_eq!(counts(p), [0, 0, 0, 8]);
+    assert!(p["win_rate"].is_null());
+    let tied = json(&arena(&config, &["--json", "--inconsistent", "tie"], files));
+    let p = pair(&tied, "baseline", "tuned");
+    assert_eq!(counts(p), [0, 0, 8, 8]);
+    assert_eq!(p["win_rate"].as_f64().unwrap(), 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_named_before_any_judge_call() {
+    let judge = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &judge);
+    let short = dir.path().join("short.jsonl");
+    let text = std::fs::read_to_string(example("tuned.jsonl")).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("\"p7\"")).collect();
+    std::fs::write(&short, kept.join("\n")).unwrap();
+    let dup = dir.path().join("dup.jsonl");
+    std::fs::write(&dup, format!("{text}{}\n", text.lines().next().unwrap())).unwrap();
+    let no_pairwise = dir.path().join("rubric.toml");
+    std::fs::write(
+        &no_pairwise,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("method = \"pairwise\"", "method = \"reference\""),
+    )
+    .unwrap();
+    for (config, files, want) in [
+        (
+            &config,
+            vec![example("baseline.jsonl"), short.clone()],
+            "model \"short\" has no response to 1 prompt id(s): p7",
+        ),
+        (
+            &config,
+            vec![example("baseline.jsonl"), dup.clone()],
+            "duplicate id \"p1\"",
+        ),
+        (
+            &no_pairwise,
+            models(),
+            "profile \"compare\" has no pairwise judge component",
+        ),
+    ] {
+        let out = arena(config, &[], &files);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    assert_eq!(judge.calls(), 0);
+}
