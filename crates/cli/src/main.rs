@@ -1,6 +1,7 @@
-//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`.
+//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`, `bench`.
 
 mod arena;
+mod bench;
 mod jsonl;
 mod status;
 mod summary;
@@ -54,6 +55,9 @@ enum Command {
     /// Shows a fleet on NATS: each pool's queued jobs, the live workers and gateways, recent
     /// throughput and failure rate.
     Status(status::StatusArgs),
+    /// Load-tests a running gateway (gRPC Score streams, ScoreBatch or HTTP /get_reward):
+    /// candidates/s, tokens/s, latency percentiles and statuses, at fixed concurrency or rate.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,7 +96,7 @@ fn main() -> ExitCode {
     let default_log = match cli.command {
         Command::Gateway(_) | Command::Worker(_) => "warn,rewardfleet=info",
         Command::Arena(_) => "warn",
-        Command::Score(_) | Command::Check(_) | Command::Status(_) => "warn",
+        Command::Score(_) | Command::Check(_) | Command::Status(_) | Command::Bench(_) => "warn",
     };
     let logging = Logging {
         directives: cli.log.unwrap_or_else(|| default_log.to_owned()),
@@ -118,6 +122,10 @@ fn main() -> ExitCode {
             Command::Status(args) => {
                 logging.logs_only();
                 status::run(args).await
+            }
+            Command::Bench(args) => {
+                logging.logs_only();
+                bench::run(args).await
             }
         }
     });
