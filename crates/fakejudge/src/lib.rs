@@ -14,6 +14,12 @@
 //! - **reference-guided** (a `<reference>` block): `{"correct": bool}`, true when the response
 //!   contains the reference (case and whitespace folded).
 //!
+//! - **factuality, claim splitting** (the task asks to split the response `into atomic claims`):
+//!   `{"claims": [..], "abstained": bool}` by [`atomic_claims`]: one claim per sentence,
+//!   `quality:N` markers left out; abstained when the response says it is not sure or does not know.
+//! - **factuality, claim verification** (`<claim>` and `<reference>` blocks): `{"supported": bool}`,
+//!   true when the reference contains the claim (case, whitespace and the final stop folded).
+//!
 //! Rubric and reference verdicts also carry `"manipulation_attempt"`: true when the response
 //! holds the marker [`MANIPULATION_MARKER`], as a judge that saw through an injection would say.
 //!
@@ -477,6 +483,39 @@ pub fn expected_score(q: i64, min: i64, max: i64) -> f64 {
     valid.iter().map(|(s, p)| s * p).sum::<f64>() / total
 }
 
+/// Phrases by which a response abstains, as the fake judge's claim splitting sees them.
+pub const ABSTENTION_PHRASES: &[&str] = &["not sure", "don't know", "do not know", "cannot answer"];
+
+/// The atomic claims the fake judge finds in `response`, and whether it abstains: one claim per
+/// sentence (ended by `.`, `!` or `?`), with `quality:N` markers (and their brackets) left out; no
+/// claims when it abstains ([`ABSTENTION_PHRASES`]).
+pub fn atomic_claims(response: &str) -> (Vec<String>, bool) {
+    let text: String = response
+        .split_whitespace()
+        .filter(|w| !w.trim_matches(['[', ']', '(', ')']).starts_with("quality:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let folded = fold(&text);
+    if ABSTENTION_PHRASES.iter().any(|p| folded.contains(p)) {
+        return (Vec::new(), true);
+    }
+    let claims = text
+        .split_inclusive(['.', '!', '?'])
+        .map(str::trim)
+        .filter(|s| s.chars().any(char::is_alphanumeric))
+        .map(str::to_owned)
+        .collect();
+    (claims, false)
+}
+
+/// Whether the fake judge finds `claim` supported by `reference`: the reference contains it,
+/// case, whitespace and the final stop folded.
+pub fn claim_supported(claim: &str, reference: &str) -> bool {
+    let claim = fold(claim);
+    let claim = claim.trim_end_matches(['.', '!', '?']);
+    !claim.is_empty() && fold(reference).contains(claim)
+}
+
 /// A response holding this text is reported as a manipulation attempt in rubric and reference
 /// verdicts (`"manipulation_attempt": true`).
 pub const MANIPULATION_MARKER: &str = "manipulation:yes";
@@ -528,7 +567,16 @@ fn completion(body: &Value, fault: Fault, bias: i64) -> Value {
     let (min, max) = score_range(&last_user);
     let wants_logprobs = body["logprobs"].as_bool().unwrap_or(false);
     let mut logprobs = Value::Null;
-    let content = if let (Some(a), Some(b)) = (
+    let content = if let (Some(claim), Some(reference)) =
+        (block(&last_user, "claim"), block(&last_user, "reference"))
+    {
+        let supported = claim_supported(claim, reference);
+        json!({"reasoning": "Looked for the claim in the reference.", "supported": supported})
+            .to_string()
+    } else if last_user.contains("into atomic claims") {
+        let (claims, abstained) = atomic_claims(block(&last_user, "response").unwrap_or_default());
+        json!({"claims": claims, "abstained": abstained}).to_string()
+    } else if let (Some(a), Some(b)) = (
         block(&last_user, "candidate_a"),
         block(&last_user, "candidate_b"),
     ) {
@@ -614,6 +662,29 @@ mod tests {
         let q = quality("no marker", 1, 10);
         assert!((1..=10).contains(&q));
         assert_eq!(q, quality("no marker", 1, 10));
+    }
+
+    #[test]
+    fn claims_are_sentences_without_markers_and_abstentions_have_none() {
+        let (claims, abstained) =
+            atomic_claims("Paris is the capital of France. It lies on the Seine! [quality:8]");
+        assert_eq!(
+            claims,
+            ["Paris is the capital of France.", "It lies on the Seine!"]
+        );
+        assert!(!abstained);
+        assert_eq!(
+            atomic_claims("I am not sure. quality:2"),
+            (Vec::new(), true)
+        );
+        assert!(claim_supported(
+            "Paris is the  capital of France.",
+            "PARIS is the capital of France, on the Seine."
+        ));
+        assert!(!claim_supported(
+            "Paris is in Spain.",
+            "Paris is the capital of France."
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! | key | default | meaning |
 //! |---|---|---|
-//! | `method` | `"rubric"` | `rubric`, `logprob`, `pairwise` or `reference` |
+//! | `method` | `"rubric"` | `rubric`, `logprob`, `pairwise`, `reference` or `factuality` |
 //! | `rubric` | — | rubric file (needed by `rubric` and `logprob`; criteria for the others) |
 //! | `score_range` | `[1, 10]` | integer range the judge scores in; values are normalised to [0, 1] |
 //! | `panel` | `[]` | further judges; with them the component is a panel |
@@ -15,6 +15,10 @@
 //! | `on_injection` | `"flag"` | `flag`: judge and flag; `zero`: value 0, flagged, no call; `fail`: component fails with `judge_injection_suspected` |
 //! | `all_pairs_up_to` | `8` | pairwise: groups up to this size compare all pairs, larger ones compare each with the anchor |
 //! | `anchor` | `0` | pairwise: index in the group of the anchor candidate |
+//! | `length_penalty` | `false` | factuality: apply FActScore's length penalty, × exp(1 − γ/claims) below γ claims |
+//! | `gamma` | `10` | factuality: the penalty's γ |
+//! | `abstain_value` | `0` | factuality: the value of a response that abstains (flagged `factuality_abstained`) |
+//! | `max_claims` | `32` | factuality: claims verified per response at most (the rest flagged `factuality_claims_truncated`) |
 
 mod admission;
 mod attempts;
@@ -42,8 +46,9 @@ pub use client::{ChatRequest, ChatTurn, Completion, TokenLogprobs, TokenUsage};
 pub use injection::{INJECTION_FLAG, INJECTION_JUDGE_FLAG, INJECTION_SCREEN_FLAG};
 pub use judge::JudgeUsage;
 pub use method::{
-    Aggregate, DISAGREEMENT_FLAG, Method, NO_LOGPROBS_FLAG, NO_OPPONENT_FLAG, OnInjection,
-    PANEL_PARTIAL_FLAG, POSITION_INCONSISTENT_FLAG,
+    Aggregate, DISAGREEMENT_FLAG, FACTUALITY_ABSTAINED_FLAG, FACTUALITY_SUPPORTED_FLAG,
+    FACTUALITY_TRUNCATED_FLAG, Method, NO_LOGPROBS_FLAG, NO_OPPONENT_FLAG, OnInjection,
+    PANEL_PARTIAL_FLAG, POSITION_INCONSISTENT_FLAG, parse_supported_flag,
 };
 
 use cache::Cache;

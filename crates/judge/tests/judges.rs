@@ -1185,3 +1185,61 @@ rubric = "helpful.md""#,
         .await;
     assert!(!fake.requests()[1].headers.contains_key("traceparent"));
 }
+
+#[tokio::test]
+async fn factuality_scores_the_supported_fraction_of_the_claims_and_reports_abstentions() {
+    use rewardfleet_judge::{FACTUALITY_ABSTAINED_FLAG, parse_supported_flag};
+    let fake = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let mut config = judge_config("j", &fake);
+    config.cache_ttl = Duration::from_secs(60);
+    let rig = rig(
+        &[config],
+        JudgeCache::Memory {
+            capacity: 1000,
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let with = |id: &str, response: &str| Candidate {
+        reference: Some("Paris is the capital of France. Paris lies on the Seine.".into()),
+        ..candidate(id, response)
+    };
+    let group = [
+        // 2 of 3 claims supported.
+        with(
+            "a",
+            "Paris is the capital of France. Paris lies on the Seine. Paris was founded in 1900.",
+        ),
+        with("b", "I am not sure."),
+        with("c", "Paris lies on the Seine."),
+    ];
+    let scorer = rig.scorer("scorer = \"j\"\nmethod = \"factuality\"");
+    let out = scorer.score(&ctx("s"), &group).await;
+    assert!(close(value(&out[0]), 2.0 / 3.0));
+    let flags = |o: &Outcome| o.as_ref().unwrap().flags.clone();
+    let counts = |o: &Outcome| flags(o).iter().find_map(|f| parse_supported_flag(f));
+    assert_eq!(counts(&out[0]), Some((2, 3)));
+    assert!(close(value(&out[1]), 0.0));
+    assert!(flags(&out[1]).contains(&FACTUALITY_ABSTAINED_FLAG.to_owned()));
+    assert_eq!(counts(&out[1]), None);
+    assert!(close(value(&out[2]), 1.0));
+    // Calls: one split per response, one verification per claim (3 + 1).
+    let calls = fake.calls();
+    assert_eq!(calls, 3 + 4);
+
+    // FActScore's length penalty (γ = 10 by hand: 2/3 · exp(1 − 10/3); 1 · exp(1 − 10)); the
+    // splits and verifications are the same requests, answered from the cache.
+    let penalised = rig.scorer("scorer = \"j\"\nmethod = \"factuality\"\nlength_penalty = true");
+    let out = penalised.score(&ctx("s"), &group).await;
+    assert!(close(
+        value(&out[0]),
+        2.0 / 3.0 * (1.0f64 - 10.0 / 3.0).exp()
+    ));
+    assert!(close(value(&out[2]), (-9.0f64).exp()));
+    assert_eq!(fake.calls(), calls);
+
+    // A candidate without a reference fails with missing_reference, with no call.
+    let out = scorer.score(&ctx("s"), &[candidate("d", "Paris.")]).await;
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.reason.as_str(), "missing_reference");
+    assert_eq!(fake.calls(), calls);
+}

@@ -2,6 +2,7 @@
 //! how a group of candidates becomes values. The component parameters that choose them are read
 //! in [`parse`], what the judges are asked is written in [`prompt`].
 
+mod factuality;
 mod parse;
 mod prompt;
 
@@ -22,6 +23,11 @@ use crate::verdict::{
     Preference, parse_correct, parse_manipulation_attempt, parse_preference, parse_score,
 };
 
+pub use factuality::{
+    ABSTAINED_FLAG as FACTUALITY_ABSTAINED_FLAG,
+    SUPPORTED_FLAG_PREFIX as FACTUALITY_SUPPORTED_FLAG,
+    TRUNCATED_FLAG as FACTUALITY_TRUNCATED_FLAG, parse_supported_flag,
+};
 pub(crate) use parse::{Spec, parse_spec};
 
 /// Flag: a pairwise verdict followed the position of the candidates, not their content.
@@ -46,6 +52,9 @@ pub enum Method {
     Pairwise,
     /// Correct (1) or incorrect (0) against the candidate's `reference`.
     Reference,
+    /// The supported fraction of the response's atomic claims, verified against the candidate's
+    /// `reference` (FActScore style).
+    Factuality,
 }
 
 impl Method {
@@ -56,6 +65,7 @@ impl Method {
             "logprob" | "logprob_expected" | "logprob-expected" => Some(Self::Logprob),
             "pairwise" => Some(Self::Pairwise),
             "reference" | "reference_guided" | "reference-guided" => Some(Self::Reference),
+            "factuality" | "factscore" => Some(Self::Factuality),
             _ => None,
         }
     }
@@ -71,6 +81,9 @@ impl Method {
             (Self::Pairwise, true) => "pairwise/v1/strict",
             (Self::Reference, false) => "reference/v2",
             (Self::Reference, true) => "reference/v2/strict",
+            // The factuality method's two calls name their own templates (factuality.rs).
+            (Self::Factuality, false) => "factuality/v1",
+            (Self::Factuality, true) => "factuality/v1/strict",
         }
     }
 }
@@ -144,7 +157,7 @@ impl JudgeScorer {
             Method::Reference => parse_correct(&c.content)
                 .map(Score::pass_fail)
                 .map_err(|e| e.0),
-            Method::Pairwise => Err("not a pointwise method".into()),
+            Method::Pairwise | Method::Factuality => Err("not a one-call method".into()),
         }
     }
 
@@ -331,6 +344,9 @@ impl JudgeScorer {
             if s.suspected() && self.spec.on_injection != OnInjection::Flag {
                 // Decided below without spending a call.
                 return Ok(Score::new(0.0));
+            }
+            if self.spec.method == Method::Factuality {
+                return self.factuality(judge, ctx, c, s).await;
             }
             self.pointwise(judge, ctx, c, s).await
         }))

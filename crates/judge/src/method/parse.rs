@@ -31,6 +31,29 @@ pub(crate) struct Spec {
     pub(super) all_pairs_up_to: usize,
     /// Pairwise: the anchor of larger groups.
     pub(super) anchor: usize,
+    /// Factuality: its own parameters.
+    pub(super) factuality: FactualitySpec,
+}
+
+/// The parameters of the factuality method.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FactualitySpec {
+    /// FActScore's length penalty γ when `length_penalty = true` (`gamma`, default 10).
+    pub(super) gamma: Option<f64>,
+    /// The value of a response that abstains (has no claims).
+    pub(super) abstain_value: f64,
+    /// Claims verified per response at most (the rest are left out, flagged).
+    pub(super) max_claims: usize,
+}
+
+impl Default for FactualitySpec {
+    fn default() -> Self {
+        Self {
+            gamma: None,
+            abstain_value: 0.0,
+            max_claims: 32,
+        }
+    }
 }
 
 impl Spec {
@@ -48,6 +71,7 @@ impl Spec {
             on_injection: OnInjection::Flag,
             all_pairs_up_to: 8,
             anchor: 0,
+            factuality: FactualitySpec::default(),
         }
     }
 }
@@ -63,6 +87,10 @@ const KNOWN_PARAMS: &[&str] = &[
     "on_injection",
     "all_pairs_up_to",
     "anchor",
+    "length_penalty",
+    "gamma",
+    "abstain_value",
+    "max_claims",
 ];
 
 /// Reads a component's judge parameters; problems carry keys relative to the component. A
@@ -88,7 +116,9 @@ pub(crate) fn parse_spec(
         Some(m) => Method::parse(m).or_else(|| {
             p.problem(
                 "method",
-                format!("unknown method {m:?}; known: rubric, logprob, pairwise, reference"),
+                format!(
+                    "unknown method {m:?}; known: rubric, logprob, pairwise, reference, factuality"
+                ),
             );
             None
         }),
@@ -208,6 +238,36 @@ pub(crate) fn parse_spec(
     };
     let all_pairs_up_to = count("all_pairs_up_to", 8, 2);
     let anchor = count("anchor", 0, 0);
+    let max_claims = count("max_claims", 32, 1);
+    let length_penalty = p.get_bool("length_penalty").unwrap_or(false);
+    let gamma = match p.get_f64("gamma", "a positive number") {
+        Some(g) if g > 0.0 && g.is_finite() => g,
+        Some(_) => {
+            p.problem("gamma", "must be a positive number");
+            10.0
+        }
+        None => 10.0,
+    };
+    let abstain_value = match p.get_f64("abstain_value", "a number from 0 to 1") {
+        Some(v) if (0.0..=1.0).contains(&v) => v,
+        Some(_) => {
+            p.problem("abstain_value", "must be a number from 0 to 1");
+            0.0
+        }
+        None => 0.0,
+    };
+    if method.is_some_and(|m| m != Method::Factuality) {
+        for key in ["length_penalty", "gamma", "abstain_value", "max_claims"] {
+            if p.has(key) {
+                p.problem(key, "only used with method = \"factuality\"");
+            }
+        }
+    }
+    let factuality = FactualitySpec {
+        gamma: length_penalty.then_some(gamma),
+        abstain_value,
+        max_claims,
+    };
     if method.is_some_and(|m| m != Method::Pairwise) {
         for key in ["all_pairs_up_to", "anchor"] {
             if p.has(key) {
@@ -227,6 +287,7 @@ pub(crate) fn parse_spec(
             on_injection,
             all_pairs_up_to,
             anchor,
+            factuality,
         }),
         _ => Err(p.into_problems()),
     }

@@ -38,7 +38,7 @@ const DEFAULT_REFERENCE: &str = "The response is correct when its final answer a
 reference answer; wording, format and working may differ.";
 
 /// The conversation of a candidate, neutralised, as the material blocks show it.
-fn conversation(c: &Candidate) -> String {
+pub(super) fn conversation(c: &Candidate) -> String {
     let mut out = String::new();
     for m in &c.prompt {
         out.push_str(&format!(
@@ -117,7 +117,7 @@ pub(super) fn pointwise(
                 response.text
             )
         }
-        Method::Pairwise => String::new(),
+        Method::Pairwise | Method::Factuality => String::new(),
     })
 }
 
