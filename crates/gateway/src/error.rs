@@ -22,6 +22,21 @@ pub enum GatewayError {
     /// The client's request stream could not be read; names what could not be read.
     #[error("cannot read the request: {0}")]
     Unreadable(String),
+    /// A configured bound is reached (`limit` is its key); retry later, the status carries a
+    /// `retry-after` hint in seconds.
+    #[error("{message}; limit {limit} reached, retry later")]
+    ResourceExhausted {
+        /// The key of the bound, e.g. `gateway.max_sessions`.
+        limit: String,
+        /// What was refused.
+        message: String,
+    },
+    /// The session sent nothing and was owed nothing for `gateway.session_idle_timeout`.
+    #[error(
+        "the session was idle for {} (limit gateway.session_idle_timeout); reopen it with the same session_id to resume",
+        humantime::format_duration(*.0)
+    )]
+    Idle(std::time::Duration),
     /// The gateway is shutting down: resume the session on another gateway.
     #[error("the gateway is shutting down; reopen the session with the same session_id to resume")]
     ShuttingDown,
@@ -72,9 +87,24 @@ impl From<GatewayError> for tonic::Status {
             }
             GatewayError::Queue(_) => tonic::Status::internal(message),
             GatewayError::ShuttingDown => tonic::Status::unavailable(message),
+            GatewayError::Idle(_) => tonic::Status::deadline_exceeded(message),
+            GatewayError::ResourceExhausted { .. } => {
+                let mut status = tonic::Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    RETRY_AFTER,
+                    tonic::metadata::MetadataValue::from(RETRY_AFTER_SECS),
+                );
+                status
+            }
         }
     }
 }
+
+/// The metadata key of the hint on a `RESOURCE_EXHAUSTED` status: seconds to wait.
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// What a refused caller is told to wait, in seconds.
+pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -106,6 +136,24 @@ mod tests {
             Code::Unavailable
         );
         assert_eq!(code(GatewayError::ShuttingDown), Code::Unavailable);
+        // Retry later, after the hint; the message names the limit.
+        let refused = tonic::Status::from(GatewayError::ResourceExhausted {
+            limit: "gateway.max_sessions".into(),
+            message: "2 sessions are open".into(),
+        });
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("gateway.max_sessions"));
+        assert_eq!(
+            refused
+                .metadata()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(
+            code(GatewayError::Idle(std::time::Duration::from_secs(5))),
+            Code::DeadlineExceeded
+        );
         // Resuming cannot help: a job the server refuses for good.
         assert_eq!(
             code(GatewayError::Queue(QueueError::malformed(

@@ -28,9 +28,6 @@ use tracing::Instrument;
 
 use crate::Gateway;
 
-/// Largest request body accepted, in bytes (as the gRPC server's largest message).
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-
 /// What a client is told to wait before it tries again after a 429 or a 503, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
 
@@ -50,6 +47,9 @@ struct Inner {
     admission: Arc<Semaphore>,
     /// The permits of `admission`.
     budget: usize,
+    /// Largest request body accepted, in bytes (`gateway.max_message_bytes`, as gRPC's largest
+    /// message).
+    max_body: usize,
     /// Fires when the drain begins: health answers 503 and new requests are refused with 503.
     draining: CancellationToken,
     /// Fires when the sessions of requests still open must end (the drain deadline passed).
@@ -130,6 +130,7 @@ impl HttpApi {
                     .collect(),
                 admission: Arc::new(Semaphore::new(budget)),
                 budget,
+                max_body: config.gateway.max_message_bytes,
                 draining: CancellationToken::new(),
                 sessions: CancellationToken::new(),
             }),
@@ -146,7 +147,7 @@ impl HttpApi {
             .route("/readyz", get(health))
             .route("/livez", get(|| async { Json(json!({"status": "alive"})) }))
             .fallback(not_found)
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(DefaultBodyLimit::max(self.inner.max_body))
             .with_state(self.clone())
     }
 

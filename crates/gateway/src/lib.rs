@@ -8,11 +8,13 @@ mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use rewardfleet_core::config::Config;
+use rewardfleet_core::config::{Config, GatewayConfig};
 use rewardfleet_core::{JobBounds, Limits};
 use rewardfleet_proto::v1::{ComponentInfo, ProfileInfo};
 use rewardfleet_queue::Queue;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 pub use error::GatewayError;
@@ -38,6 +40,15 @@ struct Inner {
     stats: Stats,
     /// Every session's task, so that a drain can wait for them.
     sessions: TaskTracker,
+    /// One permit per open `Score` stream (`gateway.max_sessions`); a stream that finds none is
+    /// refused with `RESOURCE_EXHAUSTED`, nothing waits for a permit.
+    session_slots: Arc<Semaphore>,
+    /// `gateway.max_sessions`, for the refusal's message.
+    max_sessions: usize,
+    /// `gateway.session_idle_timeout`.
+    idle_timeout: Duration,
+    /// The transport's bounds (connections, streams, message size, keep-alive).
+    transport: GatewayConfig,
 }
 
 /// Counters an operator (and a test) can read.
@@ -76,6 +87,10 @@ impl Gateway {
                 max_window: config.gateway.max_window,
                 stats: Stats::default(),
                 sessions: TaskTracker::new(),
+                session_slots: Arc::new(Semaphore::new(config.gateway.max_sessions as usize)),
+                max_sessions: config.gateway.max_sessions as usize,
+                idle_timeout: config.gateway.session_idle_timeout,
+                transport: config.gateway.clone(),
             }),
         }
     }

@@ -1,16 +1,25 @@
 //! The tonic service: `RewardService` plus health and reflection, served until shutdown.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use rewardfleet_core::config::GatewayConfig;
 use rewardfleet_proto::v1::reward_service_server::{RewardService, RewardServiceServer};
 use rewardfleet_proto::v1::{
     ListProfilesRequest, ListProfilesResponse, ScoreBatchRequest, ScoreBatchResponse, ScoreRequest,
 };
 use rewardfleet_telemetry::TraceContext;
+use rewardfleet_telemetry::metrics::{label, metrics};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -99,9 +108,6 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
     span
 }
 
-/// Largest gRPC message accepted from a trainer (a batch), in bytes.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
 /// Serves `RewardService`, `grpc.health.v1.Health` and reflection on `listener` until `shutdown`
 /// fires; then reports NOT_SERVING, stops taking new streams, lets open sessions finish for up
 /// to `drain_timeout`, and ends the rest with `UNAVAILABLE` (their results stay retained for
@@ -124,8 +130,9 @@ pub async fn serve(
         .build_v1()
         .ok();
     let sessions = CancellationToken::new();
+    let bounds = gateway.inner.transport.clone();
     let api = RewardServiceServer::new(RewardApi::new(gateway.clone(), sessions.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(bounds.max_message_bytes);
 
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -154,10 +161,18 @@ pub async fn serve(
     tokio::spawn(drain);
 
     let server = tonic::transport::Server::builder()
+        // A peer that stops answering PINGs is dropped: silent connections do not pile up.
+        .http2_keepalive_interval(Some(bounds.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(bounds.http2_keepalive_timeout))
+        // Advertised in SETTINGS: the client queues its extra streams, the server holds none.
+        .max_concurrent_streams(bounds.max_concurrent_streams)
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(api)
-        .serve_with_incoming_shutdown(incoming(listener), stop_accepting.cancelled_owned());
+        .serve_with_incoming_shutdown(
+            incoming(listener, &bounds),
+            stop_accepting.cancelled_owned(),
+        );
     // hyper waits without limit for connections to close: bound the wait.
     let grace = drain_timeout + Duration::from_secs(2);
     tokio::select! {
@@ -169,18 +184,100 @@ pub async fn serve(
     }
 }
 
-/// The connections accepted on `listener`, each with `TCP_NODELAY` set: a reward is a small
+/// The connections accepted on `listener`, each with `TCP_NODELAY` set (a reward is a small
 /// message that must leave at once, not wait for Nagle's algorithm to meet the client's delayed
-/// ACK (40 ms a response on a reused channel). tonic's own `tcp_nodelay` applies only to the
-/// listeners it binds itself.
-fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY on a trainer connection");
-        }
-        Ok(stream)
+/// ACK: 40 ms a response on a reused channel) and TCP keep-alive after `tcp_keepalive`; tonic's
+/// own settings for both apply only to the listeners it binds itself. At most
+/// `max_connections` are open at once: one past it is closed as soon as it is accepted.
+fn incoming(
+    listener: TcpListener,
+    bounds: &GatewayConfig,
+) -> impl Stream<Item = std::io::Result<Connection>> + use<> {
+    let slots = Arc::new(Semaphore::new(bounds.max_connections as usize));
+    let keepalive = TcpKeepalive::new().with_time(bounds.tcp_keepalive);
+    let max_connections = bounds.max_connections;
+    TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let result = match accepted {
+            Err(e) => Some(Err(e)),
+            Ok(stream) => match Arc::clone(&slots).try_acquire_owned() {
+                Err(_) => {
+                    tracing::debug!(max_connections, "refusing a connection: gateway.max_connections reached");
+                    if let Some(m) = metrics() {
+                        m.refused
+                            .add(1, &[label("limit", "gateway.max_connections")]);
+                    }
+                    None
+                }
+                Ok(slot) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY on a trainer connection");
+                    }
+                    if let Err(e) = SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                        tracing::warn!(error = %e, "cannot set TCP keep-alive on a trainer connection");
+                    }
+                    Some(Ok(Connection {
+                        stream,
+                        _slot: slot,
+                    }))
+                }
+            },
+        };
+        std::future::ready(result)
     })
+}
+
+/// A trainer's connection, holding one of the `gateway.max_connections` slots until it closes.
+pub(crate) struct Connection {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
@@ -188,16 +285,52 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
+    async fn accepted_connections_have_nodelay_and_keepalive() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut accepted = Box::pin(incoming(listener));
+        let mut accepted = Box::pin(incoming(listener, &GatewayConfig::default()));
         let _client = TcpStream::connect(addr).await.expect("connect");
         let server_side = accepted
             .next()
             .await
             .expect("a connection")
             .expect("accepted");
-        assert!(server_side.nodelay().expect("read TCP_NODELAY"));
+        assert!(server_side.stream.nodelay().expect("read TCP_NODELAY"));
+        assert!(
+            SockRef::from(&server_side.stream)
+                .keepalive()
+                .expect("read SO_KEEPALIVE")
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_their_slot_comes_back() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bounds = GatewayConfig {
+            max_connections: 1,
+            ..Default::default()
+        };
+        let mut accepted = Box::pin(incoming(listener, &bounds));
+        let _first = TcpStream::connect(addr).await.expect("connect");
+        let held = accepted.next().await.expect("a connection").expect("ok");
+        // The second is accepted and closed at once: its reads see the end.
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let refused = tokio::time::timeout(Duration::from_millis(300), accepted.next()).await;
+        assert!(refused.is_err(), "no second connection is handed on");
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the refused connection is closed");
+        drop(held);
+        let _third = TcpStream::connect(addr).await.expect("connect");
+        let again = tokio::time::timeout(Duration::from_secs(5), accepted.next()).await;
+        assert!(
+            matches!(again, Ok(Some(Ok(_)))),
+            "a closed connection frees its slot"
+        );
     }
 }

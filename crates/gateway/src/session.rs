@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,27 @@ impl Gateway {
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
     {
+        // A Score stream holds a session slot from its first frame to its end; a `ScoreBatch`
+        // call is bounded by the HTTP/2 streams of its connection instead.
+        let slot = match resumable {
+            Resumable::No => None,
+            Resumable::Yes => match Arc::clone(&self.inner.session_slots).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    if let Some(m) = metrics() {
+                        m.refused.add(1, &[label("limit", "gateway.max_sessions")]);
+                    }
+                    let refused = Status::from(GatewayError::ResourceExhausted {
+                        limit: "gateway.max_sessions".into(),
+                        message: format!(
+                            "{} sessions are open on this gateway",
+                            self.inner.max_sessions
+                        ),
+                    });
+                    return Box::pin(futures::stream::once(async move { Err(refused) }));
+                }
+            },
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let gateway = self.clone();
         // A child of the caller's span (the gRPC call's, when there is one).
@@ -135,6 +157,7 @@ impl Gateway {
             error.type = tracing::field::Empty,
         );
         let session = async move {
+            let _slot = slot;
             match gateway.run_session(requests, &tx, cancel).await {
                 Ok((_, Ended::Closed)) => {}
                 Ok((id, Ended::ClientLeft)) if resumable == Resumable::No => {
@@ -168,7 +191,13 @@ impl Gateway {
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin,
     {
-        let open = match requests.next().await {
+        let idle = self.inner.idle_timeout;
+        let first = tokio::select! {
+            first = requests.next() => first,
+            () = tokio::time::sleep(idle) => return Err(GatewayError::Idle(idle)),
+            () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
+        };
+        let open = match first {
             Some(Ok(ScoreRequest {
                 kind: Some(score_request::Kind::Open(open)),
             })) => open,
@@ -229,7 +258,7 @@ impl Gateway {
             if session.is_done() {
                 let closed = ScoreResponse {
                     kind: Some(score_response::Kind::Closed(SessionClosed {
-                        rewards: session.delivered.len() as u64,
+                        rewards: session.rewards_sent,
                     })),
                 };
                 let _ = tx.send(Ok(closed)).await;
@@ -254,12 +283,18 @@ impl Gateway {
                 m.window_stalls.add(1, &[]);
             }
             session.stalled = stalled;
+            let idle = self.inner.idle_timeout;
+            let idle_until = tokio::time::Instant::from_std(session.last_activity + idle);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
                 () = tx.closed() => return Ok(Ended::ClientLeft),
+                () = tokio::time::sleep_until(idle_until), if session.owes_nothing() => {
+                    return Err(GatewayError::Idle(idle));
+                }
                 event = events.next() => match event {
                     Some(Ok(event)) => {
+                        session.last_activity = Instant::now();
                         if !self.apply(session, event, tx).await {
                             return Ok(Ended::ClientLeft);
                         }
@@ -275,6 +310,7 @@ impl Gateway {
                     }
                     Some(Ok(ScoreRequest { kind })) => {
                         session.requests_read += 1;
+                        session.last_activity = Instant::now();
                         match kind {
                             Some(score_request::Kind::Batch(batch)) => {
                                 self.admit(session, batch.candidates, &batch.profile, cancel).await?;
@@ -339,10 +375,14 @@ impl Gateway {
             self.profile_for(&open.profile, "")
                 .map_err(|e| e.in_field("open.profile"))?
         };
+        // Enough to outlast any reordering between a job's ledger entry and its result (at most
+        // a window and a batch of other rewards come between them), with room to spare.
+        let remembered = 4 * window as usize + self.inner.limits.max_batch_candidates;
         Ok(Session {
             id,
             profile,
             window: window as usize,
+            delivered: RecentIds::new(remembered),
             ..Default::default()
         })
     }
@@ -370,6 +410,20 @@ impl Gateway {
         let profile = self
             .profile_for(profile, &session.profile)
             .map_err(|e| e.in_field("batch.profile"))?;
+        // Ids in flight are in `seen`; ids rewarded recently in `delivered`.
+        if let Some((i, c)) = candidates
+            .iter()
+            .enumerate()
+            .find(|(_, c)| session.delivered.contains(&c.id))
+        {
+            return Err(GatewayError::InvalidArgument {
+                field: format!("batch.candidates[{i}].id"),
+                message: format!(
+                    "{:?} was already submitted in this session; ids must be unique",
+                    c.id
+                ),
+            });
+        }
         self.inner
             .limits
             .check_batch(&candidates, &mut session.seen)
@@ -541,6 +595,9 @@ impl Gateway {
             if !session.delivered.insert(reward.candidate_id.clone()) {
                 continue;
             }
+            // Rewarded: its id moves from `seen` (in flight) to `delivered` (recent).
+            session.seen.remove(&reward.candidate_id);
+            session.rewards_sent += 1;
             if session.owed.remove(&reward.candidate_id) {
                 self.inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 resolved += 1;
@@ -627,7 +684,11 @@ fn unreadable(status: Status, at: &str, session: &str) -> Result<(String, Ended)
     let is_decode =
         status.code() == Code::Internal && message.starts_with("failed to decode Protobuf message");
     let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
-    if is_decode || too_large {
+    if too_large {
+        Err(GatewayError::Unreadable(format!(
+            "{at}: {message} (limit gateway.max_message_bytes)"
+        )))
+    } else if is_decode {
         Err(GatewayError::Unreadable(format!("{at}: {message}")))
     } else {
         tracing::debug!(session, %status, "client stream broke; the session's record stays for a resume");
@@ -661,7 +722,6 @@ fn rejection_id(session_id: &str, rewards: &[Reward]) -> String {
 }
 
 /// What the gateway knows of one open session.
-#[derive(Default)]
 struct Session {
     id: String,
     /// Profile of batches that name none.
@@ -671,9 +731,13 @@ struct Session {
     /// Accepted (on this stream or, per the ledger, on an earlier one) and not yet rewarded on
     /// this stream.
     owed: HashSet<String>,
-    /// Rewards sent on this stream (duplicates are dropped).
-    delivered: HashSet<String>,
-    /// Every id submitted on this stream (ids must be unique within a session).
+    /// Ids of the rewards sent most recently on this stream (duplicates of them are dropped, and
+    /// they cannot be submitted again); at most `4 × window + limits.max_batch_candidates`.
+    delivered: RecentIds,
+    /// Rewards sent on this stream.
+    rewards_sent: u64,
+    /// Ids submitted on this stream and not yet rewarded (with `delivered`, what makes ids
+    /// unique within a session); bounded by the window and one batch.
     seen: HashSet<String>,
     /// Jobs of the current batch not yet published (waiting for window room).
     pending: VecDeque<Job>,
@@ -689,9 +753,77 @@ struct Session {
     stalled: bool,
     /// Jobs accepted on this stream and not yet answered, with when their batch arrived.
     clocks: HashMap<String, JobClock>,
+    /// When the client last sent a request or the session's record last moved.
+    last_activity: Instant,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            profile: String::new(),
+            window: 0,
+            owed: HashSet::new(),
+            delivered: RecentIds::new(0),
+            rewards_sent: 0,
+            seen: HashSet::new(),
+            pending: VecDeque::new(),
+            caught_up: false,
+            requests_read: 0,
+            batch_index: 0,
+            batch_size: 0,
+            closing: false,
+            stalled: false,
+            clocks: HashMap::new(),
+            last_activity: Instant::now(),
+        }
+    }
+}
+
+/// Ids remembered for dedup: the newest `capacity` at most, the oldest forgotten first. What
+/// keeps a session's memory bounded by its window rather than by its history.
+struct RecentIds {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    /// Remembers `id`; `false` if it is remembered already.
+    fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl Session {
+    /// Nothing is owed to the client nor waits to be published: the session only waits for
+    /// the client (what the idle timeout applies to).
+    fn owes_nothing(&self) -> bool {
+        self.owed.is_empty() && self.pending.is_empty()
+    }
+
     /// The client closed, and everything accepted has had its reward sent.
     fn is_done(&self) -> bool {
         self.closing && self.caught_up && self.pending.is_empty() && self.owed.is_empty()
@@ -791,10 +923,12 @@ mod tests {
             other => panic!("{:?}", other.map(|(id, _)| id)),
         }
         let too_large = Status::out_of_range("message length too large");
-        assert!(matches!(
-            unreadable(too_large, "x", "s"),
-            Err(GatewayError::Unreadable(_))
-        ));
+        match unreadable(too_large, "x", "s") {
+            Err(GatewayError::Unreadable(m)) => {
+                assert!(m.ends_with("(limit gateway.max_message_bytes)"), "{m}");
+            }
+            other => panic!("{:?}", other.map(|(id, _)| id)),
+        }
         for gone in [
             Status::cancelled("reset"),
             Status::unknown("h2"),
@@ -805,6 +939,19 @@ mod tests {
                 Ok((_, Ended::ClientLeft))
             ));
         }
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest_past_their_capacity() {
+        let mut recent = RecentIds::new(3);
+        for id in ["a", "b", "c"] {
+            assert!(recent.insert(id.into()));
+        }
+        assert!(!recent.insert("a".into()), "a duplicate is refused");
+        assert!(recent.insert("d".into()));
+        assert!(!recent.contains("a"), "the oldest is forgotten");
+        assert!(recent.contains("b") && recent.contains("d"));
+        assert_eq!((recent.set.len(), recent.order.len()), (3, 3));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Metrics {
     /// `rewardfleet_window_stalls_total`: times a session stopped reading because its window
     /// was full (backpressure on the trainer).
     pub window_stalls: Counter<u64>,
+    /// `rewardfleet_refused_total{limit}`: calls and connections a gateway refused at a
+    /// configured bound (`limit` is its key, e.g. `gateway.max_sessions`).
+    pub refused: Counter<u64>,
     /// `rewardfleet_candidates_scored_total{profile,status}`: candidates scored by workers.
     pub candidates_scored: Counter<u64>,
     /// `rewardfleet_job_duration_seconds{profile}`: a job's scoring, every component.
@@ -147,6 +150,10 @@ impl Metrics {
             window_stalls: counter(
                 "rewardfleet_window_stalls",
                 "Times a session stopped reading because its window was full.",
+            ),
+            refused: counter(
+                "rewardfleet_refused",
+                "Calls and connections refused at a configured bound.",
             ),
             candidates_scored: counter(
                 "rewardfleet_candidates_scored",

@@ -121,6 +121,31 @@ pub struct GatewayConfig {
     /// Shutdown: how long open streams may take to finish before they are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Open `Score` streams at most, across connections (a stream counts from its first frame,
+    /// before `open`). One more is refused with `RESOURCE_EXHAUSTED` naming this key.
+    pub max_sessions: u32,
+    /// Open gRPC connections at most; a connection past it is closed as soon as it is accepted.
+    pub max_connections: u32,
+    /// HTTP/2 streams at once on one gRPC connection (`SETTINGS_MAX_CONCURRENT_STREAMS`); the
+    /// client waits for a stream to end before it opens another.
+    pub max_concurrent_streams: u32,
+    /// Largest gRPC message (a batch) and HTTP request body accepted, in bytes; a message being
+    /// received is held whole, so this bounds what one stream can hold.
+    pub max_message_bytes: usize,
+    /// A `Score` stream that sends nothing and is owed nothing for this long is ended with
+    /// `DEADLINE_EXCEEDED` naming this key (its record stays for a resume).
+    #[serde(with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
+    /// HTTP/2 PING sent on a gRPC connection idle this long; a peer that does not answer within
+    /// `http2_keepalive_timeout` is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// How long an HTTP/2 keep-alive PING may go unanswered.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keep-alive probes on trainer connections after this much silence.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -132,6 +157,14 @@ impl Default for GatewayConfig {
             max_window: 65_536,
             default_profile: None,
             drain_timeout: Duration::from_secs(20),
+            max_sessions: 1024,
+            max_connections: 1024,
+            max_concurrent_streams: 128,
+            max_message_bytes: 16 * 1024 * 1024,
+            session_idle_timeout: Duration::from_secs(300),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -431,6 +464,7 @@ impl Config {
                 "must be at least gateway.max_in_flight",
             ));
         }
+        gateway_bounds_problems(&self.gateway, &mut p);
         if let Some(name) = &self.gateway.default_profile
             && !self.profile.contains_key(name)
         {
@@ -562,6 +596,38 @@ impl Config {
                 self.scorer_kind(name).unwrap_or(ComponentKind::Judge)
             }
             Some(ComponentSource::Rule(_)) | None => ComponentKind::Rule,
+        }
+    }
+}
+
+/// Problems of the gateway's overload bounds: each must admit something.
+fn gateway_bounds_problems(g: &GatewayConfig, p: &mut Vec<ConfigProblem>) {
+    for (key, value) in [
+        ("gateway.max_sessions", g.max_sessions),
+        ("gateway.max_connections", g.max_connections),
+        ("gateway.max_concurrent_streams", g.max_concurrent_streams),
+    ] {
+        if value == 0 {
+            p.push(ConfigProblem::new(key, "must be at least 1"));
+        }
+    }
+    if g.max_message_bytes < 4096 || g.max_message_bytes > 1 << 30 {
+        p.push(ConfigProblem::new(
+            "gateway.max_message_bytes",
+            "must be between 4 KiB and 1 GiB",
+        ));
+    }
+    for (key, value) in [
+        ("gateway.session_idle_timeout", g.session_idle_timeout),
+        (
+            "gateway.http2_keepalive_interval",
+            g.http2_keepalive_interval,
+        ),
+        ("gateway.http2_keepalive_timeout", g.http2_keepalive_timeout),
+        ("gateway.tcp_keepalive", g.tcp_keepalive),
+    ] {
+        if value < Duration::from_secs(1) {
+            p.push(ConfigProblem::new(key, "must be at least 1s"));
         }
     }
 }
