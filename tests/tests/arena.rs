@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Fault};
+use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Fault, atomic_claims};
 use serde_json::Value;
 use support::binary;
 
@@ -190,4 +190,95 @@ async fn bad_input_is_named_before_any_judge_call() {
         assert!(err.contains(want), "{want:?} not in {err}");
     }
     assert_eq!(judge.calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn factuality_reports_precision_error_and_hallucination_rates_per_model() {
+    let judge = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &judge);
+    let args = ["--json", "--profile", "facts", "--metric", "factuality"];
+    let report = json(&arena(&config, &args, &models()));
+    let model = |name: &str| {
+        report["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == name)
+            .unwrap()
+            .clone()
+    };
+    let rate = |m: &Value, k: &str| m[k]["value"].as_f64().unwrap();
+    // By hand, from the example files (one claim per sentence; a claim is supported when the
+    // reference contains it): baseline answers 7 prompts with one claim each, 5 supported, and
+    // abstains on p8 ("I am not sure.").
+    let b = model("baseline");
+    assert_eq!(
+        (b["responses"].as_u64(), b["abstained"].as_u64()),
+        (Some(8), Some(1))
+    );
+    assert!((rate(&b, "precision") - 5.0 / 7.0).abs() < 1e-12);
+    assert!((rate(&b, "claim_error_rate") - 2.0 / 7.0).abs() < 1e-12);
+    assert!((rate(&b, "hallucination_rate") - 2.0 / 7.0).abs() < 1e-12);
+    // tuned: 12 claims, all supported.
+    let t = model("tuned");
+    assert_eq!(t["claims"].as_u64(), Some(12));
+    assert_eq!(rate(&t, "precision"), 1.0);
+    assert_eq!(rate(&t, "hallucination_rate"), 0.0);
+    // verbose: one unsupported claim in every answer (two in p1's four): 16 of 25 supported.
+    let v = model("verbose");
+    assert_eq!(v["claims"].as_u64(), Some(25));
+    assert!((rate(&v, "claim_error_rate") - 9.0 / 25.0).abs() < 1e-12);
+    assert!((rate(&v, "precision") - (0.5 + 7.0 * 2.0 / 3.0) / 8.0).abs() < 1e-12);
+    assert_eq!(rate(&v, "hallucination_rate"), 1.0);
+    let ci = &v["claim_error_rate"]["ci"];
+    assert!(ci["low"].as_f64().unwrap() <= 0.36 && 0.36 <= ci["high"].as_f64().unwrap());
+    // One split per response, one verification per claim; a claim that several models make on
+    // the same prompt is verified once, then read from the judge cache (unless the models ask
+    // at the same moment).
+    let mut distinct = std::collections::BTreeSet::new();
+    for file in models() {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let (claims, _) = atomic_claims(v["response"].as_str().unwrap());
+            for claim in claims {
+                distinct.insert((v["id"].to_string(), claim));
+            }
+        }
+    }
+    let calls = judge.calls();
+    assert!(
+        (24 + distinct.len() as u64..=24 + 7 + 12 + 25).contains(&calls),
+        "{calls} calls; {} distinct claims",
+        distinct.len()
+    );
+
+    // A line without a reference is named before any judge call.
+    let no_ref = dir.path().join("noref.jsonl");
+    let text = std::fs::read_to_string(example("tuned.jsonl")).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"p3\"") {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("reference");
+                v.to_string()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&no_ref, lines.join("\n")).unwrap();
+    let out = arena(
+        &config,
+        &args[1..],
+        &[example("baseline.jsonl"), no_ref.clone()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model \"noref\": no reference for prompt id(s) p3"),
+        "{err}"
+    );
+    assert_eq!(judge.calls(), calls);
 }

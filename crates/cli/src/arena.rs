@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use rewardfleet_arena::factuality::{self as facts, Checked};
 use rewardfleet_arena::pairwise::{self, Inconsistent, Options, Verdict};
 use rewardfleet_arena::stats::Anchor;
 use rewardfleet_core::config::Config;
 use rewardfleet_core::{Candidate, Reward, RewardStatus};
 use rewardfleet_fleet::Embedded;
-use rewardfleet_judge::POSITION_INCONSISTENT_FLAG;
+use rewardfleet_judge::{
+    FACTUALITY_ABSTAINED_FLAG, POSITION_INCONSISTENT_FLAG, parse_supported_flag,
+};
 
 use crate::{Logging, jsonl, load_config, secrets};
 
@@ -31,6 +34,9 @@ pub(crate) enum InconsistentArg {
 pub(crate) enum Metric {
     /// Blind pairwise comparisons by the profile's pairwise judge.
     Pairwise,
+    /// Each model's factuality by the profile's factuality judge: factual precision, claim
+    /// error rate, hallucination rate.
+    Factuality,
 }
 
 #[derive(clap::Args)]
@@ -268,6 +274,9 @@ pub(crate) async fn run(args: ArenaArgs, logging: &Logging) -> anyhow::Result<Ex
             ),
         },
     };
+    if args.metric == Metric::Factuality {
+        return factuality(&args, &config, &models, &ids, logging).await;
+    }
     let (profile, key) = component(&config, args.profile.as_deref(), "pairwise")?;
 
     // One group of two per model pair and prompt; the first of each group is model a's.
@@ -346,6 +355,110 @@ pub(crate) async fn run(args: ArenaArgs, logging: &Logging) -> anyhow::Result<Ex
         print!("{report}");
         if !failures.is_empty() {
             println!("\n{} comparison(s) failed:", failures.len());
+            for f in failures.iter().take(10) {
+                println!("  - {f}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--metric factuality`: every response scored by the profile's factuality component.
+async fn factuality(
+    args: &ArenaArgs,
+    config: &Config,
+    models: &[Model],
+    ids: &[String],
+    logging: &Logging,
+) -> anyhow::Result<ExitCode> {
+    let (profile, _) = component(config, args.profile.as_deref(), "factuality")?;
+    let mut problems = Vec::new();
+    for m in models {
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|id| {
+                m.by_id[*id]
+                    .reference
+                    .as_deref()
+                    .is_none_or(|r| r.trim().is_empty())
+            })
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "model {:?}: no reference for prompt id(s) {}",
+                m.name,
+                missing.join(", ")
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "factuality verifies claims against each line's `reference`:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    let mut candidates = Vec::new();
+    for (k, m) in models.iter().enumerate() {
+        for id in ids {
+            let mut c = m.by_id[id].clone();
+            c.id = format!("{k}:{id}");
+            c.group_id = c.id.clone();
+            candidates.push(c);
+        }
+    }
+    let rewards = judge_all(
+        config,
+        args.gateway.as_deref(),
+        &profile,
+        candidates,
+        args.batch_size,
+        logging,
+    )
+    .await?;
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for (k, m) in models.iter().enumerate() {
+        for id in ids {
+            let reward = rewards.get(&format!("{k}:{id}"));
+            let counts = reward.and_then(|r| r.flags.iter().find_map(|f| parse_supported_flag(f)));
+            let abstained =
+                reward.is_some_and(|r| r.flags.iter().any(|f| f == FACTUALITY_ABSTAINED_FLAG));
+            match (counts, abstained) {
+                (_, true) => checked.push(Checked {
+                    model: k,
+                    supported: 0,
+                    claims: 0,
+                    abstained: true,
+                }),
+                (Some((supported, claims)), false) => checked.push(Checked {
+                    model: k,
+                    supported,
+                    claims,
+                    abstained: false,
+                }),
+                (None, false) => failures.push(format!(
+                    "{} on {id:?}: {}",
+                    m.name,
+                    reward.map_or("no reward", |r| if r.error.is_empty() {
+                        "no factuality verdict"
+                    } else {
+                        r.error.as_str()
+                    })
+                )),
+            }
+        }
+    }
+    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let report = facts::report(&names, &checked, args.resamples, args.seed);
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["failed"] = serde_json::json!(failures);
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        print!("{report}");
+        if !failures.is_empty() {
+            println!("\n{} response(s) could not be checked:", failures.len());
             for f in failures.iter().take(10) {
                 println!("  - {f}");
             }
