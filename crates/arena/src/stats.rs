@@ -95,13 +95,15 @@ pub enum Anchor {
     Model(usize, f64),
 }
 
-/// Ratings further apart than this are reported at this distance from the mean: a model that
-/// won (or lost) every battle has no finite maximum-likelihood rating.
+/// The MM iterates are kept within this span of ratings. A model that won (or lost) every one of
+/// its battles has no finite maximum-likelihood rating: it is reported as +∞ (or −∞), and the
+/// others are rated among themselves.
 pub const RATING_SPAN: f64 = 4000.0;
 
 /// Bradley–Terry maximum-likelihood ratings of `models` models from `battles` (scale 400, base
 /// 10: P(a beats b) = 1 / (1 + 10^((r_b − r_a)/400)); a tie counts as half a win for each), by
-/// Hunter's MM iteration. A model without battles gets the anchor's level.
+/// Hunter's MM iteration. A model without battles gets the anchor's level; one that won or lost
+/// all its battles is ±∞ (see [`RATING_SPAN`]); `Mean` anchors the finite ratings.
 pub fn bradley_terry(models: usize, battles: &[Battle], anchor: Anchor) -> Vec<f64> {
     let mut wins = vec![0.0; models];
     let mut games = vec![vec![0.0; models]; models];
@@ -142,12 +144,31 @@ pub fn bradley_terry(models: usize, battles: &[Battle], anchor: Anchor) -> Vec<f
             break;
         }
     }
+    let unbounded: Vec<Option<f64>> = (0..models)
+        .map(|i| {
+            let played: f64 = games[i].iter().sum();
+            if played > 0.0 && wins[i] <= 0.0 {
+                Some(f64::NEG_INFINITY)
+            } else if played > 0.0 && wins[i] >= played {
+                Some(f64::INFINITY)
+            } else {
+                None
+            }
+        })
+        .collect();
     let ratings: Vec<f64> = pi.iter().map(|p| SCALE * p.log10()).collect();
+    let finite: Vec<f64> = (0..models)
+        .filter(|&i| unbounded[i].is_none())
+        .map(|i| ratings[i])
+        .collect();
+    let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
     let shift = match anchor {
-        Anchor::Mean(level) => level - ratings.iter().sum::<f64>() / models.max(1) as f64,
-        Anchor::Model(k, level) => level - ratings.get(k).copied().unwrap_or(0.0),
+        Anchor::Model(k, level) if k < models && unbounded[k].is_none() => level - ratings[k],
+        Anchor::Mean(level) | Anchor::Model(_, level) => level - mean,
     };
-    ratings.iter().map(|r| r + shift).collect()
+    (0..models)
+        .map(|i| unbounded[i].unwrap_or(ratings[i] + shift))
+        .collect()
 }
 
 /// SplitMix64: a small, well-mixed generator whose draws are easy to reproduce anywhere.
@@ -186,7 +207,15 @@ pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
     let position = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
     let below = position.floor() as usize;
     let above = position.ceil() as usize;
-    Some(sorted[below] + (sorted[above] - sorted[below]) * (position - below as f64))
+    let (low, high) = (sorted[below], sorted[above]);
+    // Next to an infinite value (an unbounded rating) the bound is the infinite one.
+    Some(if low == high || low.is_infinite() {
+        low
+    } else if high.is_infinite() {
+        high
+    } else {
+        low + (high - low) * (position - below as f64)
+    })
 }
 
 /// Percentile bootstrap: `resamples` times, draws `items` indices with replacement (seeded),
@@ -375,6 +404,50 @@ mod tests {
         let r = bradley_terry(2, &battles, Anchor::Model(1, 1200.0));
         close(r[1], 1200.0, 1e-9);
         close(r[0], 1200.0 + d, 1e-6);
+    }
+
+    #[test]
+    fn a_model_that_lost_every_battle_is_unbounded_and_the_rest_rated_among_themselves() {
+        // By hand: c lost all 4 of its battles; a beat b 3 of 4 → a − b = 400·log10(3),
+        // around 1000.
+        let mut battles = vec![
+            Battle {
+                a: 0,
+                b: 2,
+                score: 1.0,
+            },
+            Battle {
+                a: 1,
+                b: 2,
+                score: 1.0,
+            },
+        ];
+        battles.extend([1.0, 1.0, 1.0, 0.0].map(|score| Battle { a: 0, b: 1, score }));
+        battles.extend([
+            Battle {
+                a: 2,
+                b: 0,
+                score: 0.0,
+            },
+            Battle {
+                a: 2,
+                b: 1,
+                score: 0.0,
+            },
+        ]);
+        let r = bradley_terry(3, &battles, Anchor::Mean(1000.0));
+        let d = 400.0 * 3f64.log10();
+        close(r[0], 1000.0 + d / 2.0, 1e-6);
+        close(r[1], 1000.0 - d / 2.0, 1e-6);
+        assert_eq!(r[2], f64::NEG_INFINITY);
+        assert_eq!(
+            quantile(&[f64::NEG_INFINITY, 1.0, 2.0], 0.25),
+            Some(f64::NEG_INFINITY)
+        );
+        assert_eq!(
+            quantile(&[0.0, 1.0, f64::INFINITY], 0.75),
+            Some(f64::INFINITY)
+        );
     }
 
     /// Three models, with ties, both orders.
