@@ -282,3 +282,27 @@ async fn factuality_reports_precision_error_and_hallucination_rates_per_model() 
     );
     assert_eq!(judge.calls(), calls);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_gateway_the_report_is_the_same() {
+    let judge = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &judge);
+    let port = rewardfleet_testkit::free_port().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nlisten = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut gateway =
+        support::process::Process::start("gateway", &["gateway"], &config, "listening");
+    let url = format!("http://127.0.0.1:{port}");
+    let args = ["--json", "--seed", "3", "--gateway", url.as_str()];
+    let remote = json(&arena(&config, &args, &models()));
+    let local = json(&arena(&config, &args[..3], &models()));
+    assert_eq!(remote["pairs"], local["pairs"]);
+    assert_eq!(remote["ratings"], local["ratings"]);
+    assert_eq!(counts(pair(&remote, "baseline", "tuned")), [1, 6, 1, 0]);
+    gateway.terminate(std::time::Duration::from_secs(20));
+}
