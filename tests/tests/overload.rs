@@ -99,8 +99,7 @@ async fn sessions_past_the_limit_are_refused_and_idle_ones_end() {
         let ended = tokio::time::timeout(Duration::from_secs(10), responses.message())
             .await
             .expect("an idle session ends")
-            .err()
-            .expect("with a status");
+            .expect_err("with a status");
         assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
         assert!(
             ended.message().contains("gateway.session_idle_timeout"),

@@ -348,7 +348,16 @@ async fn gateway(path: &Path, logging: &Logging) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    let process = GatewayProcess::build(&config, &secrets(&config)?, &shutdown)
+    if config.tenant.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the gateway listens beyond loopback without authentication: anyone who reaches this \
+             address can score (and spend judge budget); add [[tenant]] entries with tokens"
+        );
+    }
+    let mut secrets = secrets(&config)?;
+    secrets.tenant_tokens = tenant_tokens(&config)?;
+    let process = GatewayProcess::build(&config, &secrets, &shutdown)
         .await?
         .with_name(format!(
             "{}-{}",
@@ -426,7 +435,41 @@ fn secrets(config: &Config) -> anyhow::Result<Secrets> {
     Ok(Secrets {
         nats_token,
         judge_api_keys,
+        tenant_tokens: Default::default(),
     })
+}
+
+/// Each `[[tenant]]`'s bearer token (from `token_env` or `token_file`), by tenant name; two
+/// tenants with the same token are refused, naming both.
+fn tenant_tokens(config: &Config) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut tokens = std::collections::HashMap::new();
+    let mut owners: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, tenant) in config.tenant.iter().enumerate() {
+        let (key, token) = match (&tenant.token_env, &tenant.token_file) {
+            (Some(var), _) => (
+                format!("tenant[{i}].token_env"),
+                std::env::var(var)
+                    .with_context(|| format!("tenant[{i}].token_env: ${var} is not set"))?,
+            ),
+            (None, Some(file)) => {
+                let path = config.resolve(file);
+                let token = std::fs::read_to_string(&path).with_context(|| {
+                    format!("tenant[{i}].token_file: cannot read {}", path.display())
+                })?;
+                (format!("tenant[{i}].token_file"), token)
+            }
+            (None, None) => bail!("tenant[{i}].token_env: a tenant needs token_env or token_file"),
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            bail!("{key}: the token is empty");
+        }
+        if let Some(first) = owners.insert(token.clone(), i) {
+            bail!("{key}: tenant[{i}] has the same token as tenant[{first}]; give each its own");
+        }
+        tokens.insert(tenant.name.clone(), token);
+    }
+    Ok(tokens)
 }
 
 /// Fires on SIGTERM or Ctrl-C.

@@ -60,6 +60,8 @@ pub struct Secrets {
     pub nats_token: Option<String>,
     /// Each judge's API key by judge name (`api_key_env` / `api_key_file`).
     pub judge_api_keys: HashMap<String, String>,
+    /// Each tenant's bearer token by tenant name (`token_env` / `token_file`).
+    pub tenant_tokens: HashMap<String, String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -72,6 +74,11 @@ impl fmt::Debug for Secrets {
                 &self.nats_token.as_ref().map(|_| "<redacted>"),
             )
             .field("judge_api_keys", &judges)
+            .field("tenant_tokens", &{
+                let mut tenants: Vec<&String> = self.tenant_tokens.keys().collect();
+                tenants.sort();
+                tenants
+            })
             .finish()
     }
 }
@@ -261,7 +268,7 @@ impl Embedded {
             &config.worker,
             2 * config.gateway.max_window as usize,
         ));
-        let gateway = Gateway::new(config, Arc::clone(&queue));
+        let gateway = Gateway::with_tenants(config, Arc::clone(&queue), &secrets.tenant_tokens);
         let worker = Worker::new(queue, pipeline, config.worker.clone(), "embedded");
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -342,7 +349,9 @@ impl GatewayProcess {
                 // Jobs whose workers all crashed get FAILED results (every gateway may run this).
                 tokio::spawn(queue.watch_dead_letters(shutdown.clone()));
                 let heartbeat = Some((queue.clone(), nats.clone()));
-                (Gateway::new(config, Arc::new(queue)), None, heartbeat)
+                let gateway =
+                    Gateway::with_tenants(config, Arc::new(queue), &secrets.tenant_tokens);
+                (gateway, None, heartbeat)
             }
         };
         let http = match &config.gateway.http_listen {

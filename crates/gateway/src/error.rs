@@ -30,7 +30,15 @@ pub enum GatewayError {
         limit: String,
         /// What was refused.
         message: String,
+        /// Seconds to wait before trying again (the `retry-after` metadata).
+        retry_after_secs: u64,
     },
+    /// No valid credentials (tenants are configured).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The tenant may not use this profile.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The session sent nothing and was owed nothing for `gateway.session_idle_timeout`.
     #[error(
         "the session was idle for {} (limit gateway.session_idle_timeout); reopen it with the same session_id to resume",
@@ -88,11 +96,15 @@ impl From<GatewayError> for tonic::Status {
             GatewayError::Queue(_) => tonic::Status::internal(message),
             GatewayError::ShuttingDown => tonic::Status::unavailable(message),
             GatewayError::Idle(_) => tonic::Status::deadline_exceeded(message),
-            GatewayError::ResourceExhausted { .. } => {
+            GatewayError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            GatewayError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            GatewayError::ResourceExhausted {
+                retry_after_secs, ..
+            } => {
                 let mut status = tonic::Status::resource_exhausted(message);
                 status.metadata_mut().insert(
                     RETRY_AFTER,
-                    tonic::metadata::MetadataValue::from(RETRY_AFTER_SECS),
+                    tonic::metadata::MetadataValue::from(*retry_after_secs),
                 );
                 status
             }
@@ -102,9 +114,6 @@ impl From<GatewayError> for tonic::Status {
 
 /// The metadata key of the hint on a `RESOURCE_EXHAUSTED` status: seconds to wait.
 pub const RETRY_AFTER: &str = "retry-after";
-
-/// What a refused caller is told to wait, in seconds.
-pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +149,7 @@ mod tests {
         let refused = tonic::Status::from(GatewayError::ResourceExhausted {
             limit: "gateway.max_sessions".into(),
             message: "2 sessions are open".into(),
+            retry_after_secs: 1,
         });
         assert_eq!(refused.code(), Code::ResourceExhausted);
         assert!(refused.message().contains("gateway.max_sessions"));

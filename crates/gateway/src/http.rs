@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::Gateway;
+use crate::{Caller, Gateway};
 
 /// What a client is told to wait before it tries again after a 429 or a 503, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -153,7 +153,12 @@ impl HttpApi {
 
     /// Scores `candidates` with `profile` through the gateway, holding admission permits for
     /// them meanwhile.
-    async fn score(&self, profile: &str, candidates: Vec<Candidate>) -> Result<Vec<Reward>, Error> {
+    async fn score(
+        &self,
+        caller: Caller,
+        profile: &str,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<Reward>, Error> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -189,13 +194,31 @@ impl HttpApi {
         };
         self.inner
             .gateway
-            .score_batch(
+            .score_batch_as(
+                caller,
                 profile.to_owned(),
                 candidates,
                 self.inner.sessions.child_token(),
             )
             .await
             .map_err(Error::from_status)
+    }
+
+    /// The caller of a request, from its `Authorization: Bearer <token>` header (never logged);
+    /// recorded on `span`.
+    fn caller(&self, headers: &HeaderMap, span: &tracing::Span) -> Result<Caller, Error> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let caller = self
+            .inner
+            .gateway
+            .authenticate(authorization)
+            .map_err(|e| Error::from_status(e.into()))?;
+        if let Some(t) = &caller {
+            span.record("rewardfleet.tenant", t.name());
+        }
+        Ok(caller)
     }
 
     /// The profile asked for (query parameter first, then the body's `profile` field), resolved
@@ -278,6 +301,9 @@ impl Error {
         use tonic::Code;
         let (code, retry_after) = match status.code() {
             Code::InvalidArgument => (StatusCode::BAD_REQUEST, false),
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, false),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, false),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, true),
             Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, true),
             Code::FailedPrecondition => (StatusCode::UNPROCESSABLE_ENTITY, false),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, false),
@@ -349,6 +375,7 @@ fn http_span(route: &'static str, headers: &HeaderMap) -> tracing::Span {
         otel.kind = "server",
         http.request.method = "POST",
         http.route = route,
+        rewardfleet.tenant = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
     TraceContext::from_fields(
@@ -505,7 +532,14 @@ async fn get_reward(
 ) -> Response {
     let span = http_span("/get_reward", &headers);
     let answer = match params {
-        Ok(Query(params)) => openrlhf(&api, &params, body).instrument(span.clone()).await,
+        Ok(Query(params)) => match api.caller(&headers, &span) {
+            Ok(caller) => {
+                openrlhf(&api, caller, &params, body)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(query_error(&e)),
     };
     finish(&span, answer)
@@ -534,6 +568,7 @@ fn finish(span: &tracing::Span, answer: Result<Response, Error>) -> Response {
 
 async fn openrlhf(
     api: &HttpApi,
+    caller: Caller,
     params: &Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
@@ -625,7 +660,7 @@ async fn openrlhf(
             Err(e) => errors.push(e),
         }
     }
-    let rewards = api.score(&profile, candidates).await?;
+    let rewards = api.score(caller, &profile, candidates).await?;
     let mut slots: Vec<Option<Reward>> = vec![None; queries.len()];
     for (i, r) in positions.into_iter().zip(rewards) {
         slots[i] = Some(r);
@@ -757,7 +792,14 @@ async fn slime_reward(
 ) -> Response {
     let span = http_span("/reward", &headers);
     let answer = match params {
-        Ok(Query(params)) => slime(&api, &params, body).instrument(span.clone()).await,
+        Ok(Query(params)) => match api.caller(&headers, &span) {
+            Ok(caller) => {
+                slime(&api, caller, &params, body)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(query_error(&e)),
     };
     finish(&span, answer)
@@ -765,6 +807,7 @@ async fn slime_reward(
 
 async fn slime(
     api: &HttpApi,
+    caller: Caller,
     params: &Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
@@ -813,7 +856,7 @@ async fn slime(
             retry_after: false,
         });
     }
-    let rewards = api.score(&profile, candidates).await?;
+    let rewards = api.score(caller, &profile, candidates).await?;
     let answers: Vec<Value> = rewards
         .iter()
         .map(|r| {
@@ -925,7 +968,10 @@ fn slime_candidate(
 }
 
 /// `GET /profiles`: the profiles served, their components, and the default.
-async fn profiles(State(api): State<HttpApi>) -> Response {
+async fn profiles(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
+    if let Err(e) = api.caller(&headers, &tracing::Span::none()) {
+        return e.into_response();
+    }
     let profiles: Vec<Value> = api
         .inner
         .gateway

@@ -5,7 +5,9 @@ mod error;
 mod http;
 mod server;
 mod session;
+mod tenant;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,6 +23,7 @@ pub use error::GatewayError;
 pub use http::{HttpApi, serve_http};
 pub use server::{RewardApi, serve};
 pub use session::ScoreStream;
+pub use tenant::{Caller, Tenant};
 
 /// The gateway's logic, independent of the transport: the gRPC service and the embedded
 /// `rewardfleet score` both drive sessions through it. Cheap to clone.
@@ -49,6 +52,8 @@ struct Inner {
     idle_timeout: Duration,
     /// The transport's bounds (connections, streams, message size, keep-alive).
     transport: GatewayConfig,
+    /// Who may call, and their quotas; none: anyone.
+    tenants: tenant::Tenants,
 }
 
 /// Counters an operator (and a test) can read.
@@ -74,8 +79,20 @@ pub struct GatewayStats {
 }
 
 impl Gateway {
-    /// A gateway over `queue`, serving the profiles of `config` with its limits.
+    /// A gateway over `queue`, serving the profiles of `config` with its limits. Its tenants
+    /// (if `config` has any) have no token here, so no caller can authenticate: use
+    /// [`Gateway::with_tenants`] to serve them.
     pub fn new(config: &Config, queue: Arc<dyn Queue>) -> Self {
+        Self::with_tenants(config, queue, &HashMap::new())
+    }
+
+    /// As [`Gateway::new`], with each `[[tenant]]`'s bearer token by tenant name (read by the
+    /// binary from `token_env` / `token_file`).
+    pub fn with_tenants(
+        config: &Config,
+        queue: Arc<dyn Queue>,
+        tokens: &HashMap<String, String>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 queue,
@@ -91,8 +108,22 @@ impl Gateway {
                 max_sessions: config.gateway.max_sessions as usize,
                 idle_timeout: config.gateway.session_idle_timeout,
                 transport: config.gateway.clone(),
+                tenants: tenant::Tenants::new(&config.tenant, tokens),
             }),
         }
+    }
+
+    /// The caller presenting `authorization` (the value of that header or metadata, if any).
+    ///
+    /// # Errors
+    /// `Unauthenticated` when tenants are configured and the token is missing or unknown.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, GatewayError> {
+        self.inner.tenants.authenticate(authorization)
+    }
+
+    /// Whether callers must authenticate (tenants are configured).
+    pub fn requires_auth(&self) -> bool {
+        self.inner.tenants.required()
     }
 
     /// The profiles served, with their components.

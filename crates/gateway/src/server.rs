@@ -23,7 +23,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::{Gateway, ScoreStream};
+use crate::{Caller, Gateway, ScoreStream};
 
 /// `RewardService` over a [`Gateway`].
 #[derive(Clone)]
@@ -40,6 +40,30 @@ impl RewardApi {
     }
 }
 
+impl RewardApi {
+    /// The caller of `request`, from its `authorization: Bearer <token>` metadata (the token is
+    /// never logged); recorded on `span`.
+    #[allow(clippy::result_large_err)]
+    fn caller<T>(&self, request: &Request<T>, span: &tracing::Span) -> Result<Caller, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match self.gateway.authenticate(authorization) {
+            Ok(caller) => {
+                if let Some(t) = &caller {
+                    span.record("rewardfleet.tenant", t.name());
+                }
+                Ok(caller)
+            }
+            Err(e) => {
+                span.record("error.type", "UNAUTHENTICATED");
+                Err(e.into())
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RewardService for RewardApi {
     type ScoreStream = ScoreStream;
@@ -50,8 +74,12 @@ impl RewardService for RewardApi {
     ) -> Result<Response<Self::ScoreStream>, Status> {
         // The session (a child) keeps this span open until the stream ends.
         let span = rpc_span("Score", request.metadata());
+        let caller = self.caller(&request, &span)?;
         let requests = request.into_inner();
-        let responses = span.in_scope(|| self.gateway.score(requests, self.sessions.child_token()));
+        let responses = span.in_scope(|| {
+            self.gateway
+                .score_as(caller, requests, self.sessions.child_token())
+        });
         Ok(Response::new(responses))
     }
 
@@ -60,10 +88,12 @@ impl RewardService for RewardApi {
         request: Request<ScoreBatchRequest>,
     ) -> Result<Response<ScoreBatchResponse>, Status> {
         let span = rpc_span("ScoreBatch", request.metadata());
+        let caller = self.caller(&request, &span)?;
         let request = request.into_inner();
         let rewards = self
             .gateway
-            .score_batch(
+            .score_batch_as(
+                caller,
                 request.profile,
                 request.candidates,
                 self.sessions.child_token(),
@@ -78,8 +108,9 @@ impl RewardService for RewardApi {
 
     async fn list_profiles(
         &self,
-        _: Request<ListProfilesRequest>,
+        request: Request<ListProfilesRequest>,
     ) -> Result<Response<ListProfilesResponse>, Status> {
+        self.caller(&request, &tracing::Span::none())?;
         Ok(Response::new(ListProfilesResponse {
             profiles: self.gateway.profiles().to_vec(),
         }))
@@ -96,6 +127,7 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
         rpc.system = "grpc",
         rpc.service = "rewardfleet.v1.RewardService",
         rpc.method = method,
+        rewardfleet.tenant = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
     let headers = metadata.clone().into_headers();

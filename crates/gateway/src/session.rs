@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{Instrument, Span};
 
-use crate::{Gateway, GatewayError};
+use crate::{Caller, Gateway, GatewayError};
 
 /// The responses of a session, as the gRPC handler and the embedded client read them.
 pub type ScoreStream = Pin<Box<dyn Stream<Item = Result<ScoreResponse, Status>> + Send>>;
@@ -66,7 +66,15 @@ impl Gateway {
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
     {
-        self.spawn_session(requests, cancel, Resumable::Yes)
+        self.score_as(None, requests, cancel)
+    }
+
+    /// As [`Gateway::score`], for `caller`: its profiles, its sessions' namespace, its quotas.
+    pub fn score_as<S>(&self, caller: Caller, requests: S, cancel: CancellationToken) -> ScoreStream
+    where
+        S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
+    {
+        self.spawn_session(requests, cancel, Resumable::Yes, caller)
     }
 
     /// Scores one batch in a session of its own and returns its rewards in candidate order.
@@ -77,6 +85,21 @@ impl Gateway {
     /// The status the session ended with (bad input, the queue unreachable, shutdown).
     pub async fn score_batch(
         &self,
+        profile: String,
+        candidates: Vec<Candidate>,
+        cancel: CancellationToken,
+    ) -> Result<Vec<Reward>, Status> {
+        self.score_batch_as(None, profile, candidates, cancel).await
+    }
+
+    /// As [`Gateway::score_batch`], for `caller`.
+    ///
+    /// # Errors
+    /// As [`Gateway::score_batch`]; `PERMISSION_DENIED` for a profile the caller may not use,
+    /// `RESOURCE_EXHAUSTED` past its quotas.
+    pub async fn score_batch_as(
+        &self,
+        caller: Caller,
         profile: String,
         candidates: Vec<Candidate>,
         cancel: CancellationToken,
@@ -101,7 +124,7 @@ impl Gateway {
             },
         ])
         .map(Ok);
-        let mut responses = self.spawn_session(requests, cancel, Resumable::No);
+        let mut responses = self.spawn_session(requests, cancel, Resumable::No, caller);
         let mut rewards = HashMap::with_capacity(order.len());
         while let Some(response) = responses.next().await {
             if let Some(score_response::Kind::Reward(r)) = response?.kind {
@@ -123,28 +146,40 @@ impl Gateway {
         requests: S,
         cancel: CancellationToken,
         resumable: Resumable,
+        caller: Caller,
     ) -> ScoreStream
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin + 'static,
     {
         // A Score stream holds a session slot from its first frame to its end; a `ScoreBatch`
         // call is bounded by the HTTP/2 streams of its connection instead.
+        let refuse = |e: GatewayError| -> ScoreStream {
+            let refused = Status::from(e);
+            Box::pin(futures::stream::once(async move { Err(refused) }))
+        };
         let slot = match resumable {
             Resumable::No => None,
             Resumable::Yes => match Arc::clone(&self.inner.session_slots).try_acquire_owned() {
-                Ok(permit) => Some(permit),
+                Ok(permit) => {
+                    let tenant_slot = match caller.as_ref().map(|t| t.session_slot()) {
+                        Some(Err(e)) => return refuse(e),
+                        Some(Ok(slot)) => slot,
+                        None => None,
+                    };
+                    Some((permit, tenant_slot))
+                }
                 Err(_) => {
                     if let Some(m) = metrics() {
                         m.refused.add(1, &[label("limit", "gateway.max_sessions")]);
                     }
-                    let refused = Status::from(GatewayError::ResourceExhausted {
+                    return refuse(GatewayError::ResourceExhausted {
                         limit: "gateway.max_sessions".into(),
                         message: format!(
                             "{} sessions are open on this gateway",
                             self.inner.max_sessions
                         ),
+                        retry_after_secs: 1,
                     });
-                    return Box::pin(futures::stream::once(async move { Err(refused) }));
                 }
             },
         };
@@ -154,11 +189,12 @@ impl Gateway {
         let span = tracing::info_span!(
             "session",
             rewardfleet.session_id = tracing::field::Empty,
+            rewardfleet.tenant = caller.as_ref().map(|t| t.name()),
             error.type = tracing::field::Empty,
         );
         let session = async move {
             let _slot = slot;
-            match gateway.run_session(requests, &tx, cancel).await {
+            match gateway.run_session(requests, &tx, cancel, caller).await {
                 Ok((_, Ended::Closed)) => {}
                 Ok((id, Ended::ClientLeft)) if resumable == Resumable::No => {
                     tracing::debug!(session = %id, "caller left; abandoning the session");
@@ -187,6 +223,7 @@ impl Gateway {
         mut requests: S,
         tx: &mpsc::Sender<Result<ScoreResponse, Status>>,
         cancel: CancellationToken,
+        caller: Caller,
     ) -> Result<(String, Ended), GatewayError>
     where
         S: Stream<Item = Result<ScoreRequest, Status>> + Send + Unpin,
@@ -210,12 +247,12 @@ impl Gateway {
             Some(Err(status)) => return unreadable(status, "the first request (open)", ""),
             None => return Ok((String::new(), Ended::ClientLeft)),
         };
-        let mut session = self.open_session(open)?;
+        let mut session = self.open_session(open, caller)?;
         Span::current().record("rewardfleet.session_id", session.id.as_str());
         let mut events = self.subscribe(&session.id, &cancel).await?;
         let opened = ScoreResponse {
             kind: Some(score_response::Kind::Opened(SessionOpened {
-                session_id: session.id.clone(),
+                session_id: session.client_id.clone(),
                 profile: session.profile.clone(),
                 max_in_flight: session.window as u32,
             })),
@@ -235,6 +272,9 @@ impl Gateway {
         stats
             .in_flight
             .fetch_sub(session.owed.len(), Ordering::Relaxed);
+        if let Some(t) = &session.tenant {
+            t.resolved(session.owed.len());
+        }
         if let Some(m) = metrics() {
             m.sessions_open.add(-1, &[]);
             m.candidates_in_flight
@@ -338,7 +378,7 @@ impl Gateway {
         }
     }
 
-    fn open_session(&self, open: SessionOpen) -> Result<Session, GatewayError> {
+    fn open_session(&self, open: SessionOpen, caller: Caller) -> Result<Session, GatewayError> {
         let id = if open.session_id.is_empty() {
             format!("s{:016x}", rand::random::<u64>())
         } else {
@@ -363,26 +403,41 @@ impl Gateway {
                 ),
             });
         }
-        let window = if open.max_in_flight == 0 {
+        let mut window = if open.max_in_flight == 0 {
             self.inner.default_window
         } else {
             open.max_in_flight
         };
+        if let Some(t) = &caller {
+            window = t.cap_window(window);
+        }
         let profile = if open.profile.is_empty() {
             // Batches may name their profile; the session needs no default then.
             self.profile_for("", "").unwrap_or_default()
         } else {
-            self.profile_for(&open.profile, "")
-                .map_err(|e| e.in_field("open.profile"))?
+            let name = self
+                .profile_for(&open.profile, "")
+                .map_err(|e| e.in_field("open.profile"))?;
+            if let Some(t) = &caller {
+                t.check_profile(&name)?;
+            }
+            name
         };
         // Enough to outlast any reordering between a job's ledger entry and its result (at most
         // a window and a batch of other rewards come between them), with room to spare.
         let remembered = 4 * window as usize + self.inner.limits.max_batch_candidates;
+        // A tenant's sessions live in its own namespace: another tenant naming the same id
+        // opens a different session, and can never resume, observe or close this one.
+        let key = caller
+            .as_ref()
+            .map_or_else(|| id.clone(), |t| t.session_key(&id));
         Ok(Session {
-            id,
+            id: key,
+            client_id: id,
             profile,
             window: window as usize,
             delivered: RecentIds::new(remembered),
+            tenant: caller,
             ..Default::default()
         })
     }
@@ -410,6 +465,10 @@ impl Gateway {
         let profile = self
             .profile_for(profile, &session.profile)
             .map_err(|e| e.in_field("batch.profile"))?;
+        if let Some(t) = &session.tenant {
+            t.check_profile(&profile)?;
+            t.admit(candidates.len())?;
+        }
         // Ids in flight are in `seen`; ids rewarded recently in `delivered`.
         if let Some((i, c)) = candidates
             .iter()
@@ -568,6 +627,11 @@ impl Gateway {
             }
         }
         if added > 0
+            && let Some(t) = &session.tenant
+        {
+            t.owe(added as usize);
+        }
+        if added > 0
             && let Some(m) = metrics()
         {
             m.candidates_in_flight.add(added, &[]);
@@ -619,6 +683,9 @@ impl Gateway {
                 break;
             }
         }
+        if let Some(t) = &session.tenant {
+            t.resolved(resolved as usize);
+        }
         if let Some(m) = m {
             m.candidates_in_flight.add(-resolved, &[]);
             // Per job: its candidates share their batch's arrival, their scoring and their send.
@@ -630,8 +697,12 @@ impl Gateway {
             if let Some(clock) = &clock {
                 for (status, n) in STATUSES.iter().zip(by_status) {
                     if n > 0 {
-                        m.rewards
-                            .add(n, &[clock.profile.clone(), label("status", status.label())]);
+                        let mut labels =
+                            vec![clock.profile.clone(), label("status", status.label())];
+                        if let Some(t) = &session.tenant {
+                            labels.push(label("tenant", t.name().to_owned()));
+                        }
+                        m.rewards.add(n, &labels);
                     }
                 }
             }
@@ -723,7 +794,12 @@ fn rejection_id(session_id: &str, rewards: &[Reward]) -> String {
 
 /// What the gateway knows of one open session.
 struct Session {
+    /// The session's key in the queue (namespaced by tenant when there is one).
     id: String,
+    /// The session id as its client knows it.
+    client_id: String,
+    /// Its caller, when tenants are configured.
+    tenant: Caller,
     /// Profile of batches that name none.
     profile: String,
     /// Owed candidates at most (the window).
@@ -761,6 +837,8 @@ impl Default for Session {
     fn default() -> Self {
         Self {
             id: String::new(),
+            client_id: String::new(),
+            tenant: None,
             profile: String::new(),
             window: 0,
             owed: HashSet::new(),

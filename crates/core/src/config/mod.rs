@@ -7,6 +7,7 @@ mod judge;
 mod model;
 pub mod params;
 mod profile;
+mod tenant;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,7 @@ pub use profile::{
     ComponentConfig, ComponentKind, ComponentSource, NormalizeKind, OnFailure, PANEL_PARAMS,
     ProfileConfig,
 };
+pub use tenant::TenantConfig;
 
 use crate::input::Limits;
 use crate::job::JobBounds;
@@ -50,6 +52,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Named profiles: how a trainer's candidates are scored.
     pub profile: BTreeMap<String, ProfileConfig>,
+    /// Callers of the gateway with their tokens, profiles and quotas; none: the gateway is open.
+    pub tenant: Vec<TenantConfig>,
     /// Relative paths in the file (models, rubrics, schemas) are resolved against this directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -553,6 +557,17 @@ impl Config {
         }
         for (name, profile) in &self.profile {
             profile.problems(&format!("profile.{name}"), self, &mut p);
+        }
+        let profiles = self.profile_names();
+        let mut tenant_names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, tenant) in self.tenant.iter().enumerate() {
+            tenant.problems(&format!("tenant[{i}]"), &profiles, &mut p);
+            if let Some(first) = tenant_names.insert(&tenant.name, i) {
+                p.push(ConfigProblem::new(
+                    format!("tenant[{i}].name"),
+                    format!("{:?} is already the name of tenant[{first}]", tenant.name),
+                ));
+            }
         }
         p
     }

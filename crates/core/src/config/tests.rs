@@ -184,3 +184,30 @@ components = [
         .to_string();
     assert!(err.contains("a model or judge name, or a table"), "{err}");
 }
+
+#[test]
+fn tenants_are_checked_with_their_key_paths() {
+    let text = format!(
+        "{GOOD}\n[[tenant]]\nname = \"a\"\ntoken_env = \"A\"\nprofiles = [\"format\"]\n\n\
+         [[tenant]]\nname = \"a\"\nprofiles = [\"nope\"]\nmax_sessions = 0\n\n\
+         [[tenant]]\nname = \"c\"\ntoken_env = \"C\"\ntoken_file = \"c.token\"\ncandidates_per_second = 0\n"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
+        panic!("expected problems");
+    };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for path in [
+        "tenant[1].name",
+        "tenant[1].token_env",
+        "tenant[1].profiles[0]",
+        "tenant[1].max_sessions",
+        "tenant[2].token_file",
+        "tenant[2].candidates_per_second",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
+    assert!(
+        !paths.iter().any(|p| p.starts_with("tenant[0]")),
+        "{paths:?}"
+    );
+}
