@@ -111,6 +111,20 @@ async fn three_models_give_pairs_ratings_and_a_matrix() {
     let again = json(&arena(&config, &["--json", "--seed", "3"], &files));
     assert_eq!(again["ratings"], report["ratings"]);
 
+    // With a style control on length: in these files the longer response mostly wins, so the
+    // length coefficient is positive and verbose, the longest, loses its lead.
+    let styled = json(&arena(&config, &["--json", "--style-control"], &files));
+    assert!(styled["style_beta"].as_f64().unwrap() > 0.0, "{styled}");
+    let order: Vec<&str> = styled["style_ratings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(order.len(), 3);
+    assert_eq!(order[2], "verbose", "{styled}");
+    assert!(report["style_ratings"].is_null());
+
     // The terminal table.
     let out = arena(&config, &["--anchor", "baseline"], &files);
     assert!(out.status.success());

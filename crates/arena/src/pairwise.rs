@@ -49,6 +49,8 @@ pub struct Options {
     pub resamples: usize,
     /// Seed of the bootstrap.
     pub seed: u64,
+    /// Also fit Bradley–Terry with a style control on response length.
+    pub style_control: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             anchor: Anchor::Mean(1000.0),
             resamples: 1000,
             seed: 0,
+            style_control: false,
         }
     }
 }
@@ -117,6 +120,11 @@ pub struct Report {
     pub ratings: Option<Vec<Rating>>,
     /// `matrix[i][j]`: model i's win rate against model j (three or more models).
     pub matrix: Option<Vec<Vec<Option<f64>>>>,
+    /// Bradley–Terry ratings with a style control on length, best first (with
+    /// `style_control`, three or more models, and a finite fit).
+    pub style_ratings: Option<Vec<Rating>>,
+    /// The style coefficient: log-odds of a length advantage (tanh of Δ over its sd).
+    pub style_beta: Option<f64>,
 }
 
 /// The battles the verdicts count as, after the options' treatment of inconsistent ones.
@@ -209,12 +217,46 @@ pub fn report(models: &[String], verdicts: &[Verdict], options: &Options) -> Rep
     } else {
         (None, None)
     };
+    let styled = (n >= 3 && options.style_control)
+        .then(|| {
+            let plain: Vec<Battle> = counted.iter().map(|(b, _)| *b).collect();
+            let lengths: Vec<f64> = counted
+                .iter()
+                .map(|(_, v)| v.len_a as f64 - v.len_b as f64)
+                .collect();
+            let (r, beta) = stats::bradley_terry_style(n, &plain, &lengths, options.anchor)?;
+            let ci = stats::bootstrap(plain.len(), options.resamples, options.seed, |idx| {
+                let b: Vec<Battle> = idx.iter().map(|&i| plain[i]).collect();
+                let l: Vec<f64> = idx.iter().map(|&i| lengths[i]).collect();
+                stats::bradley_terry_style(n, &b, &l, options.anchor).map(|(r, _)| r)
+            });
+            let mut rated: Vec<Rating> = (0..n)
+                .map(|k| Rating {
+                    model: models[k].clone(),
+                    rating: r[k],
+                    ci: ci.get(k).copied().unwrap_or(Interval {
+                        low: f64::NAN,
+                        high: f64::NAN,
+                    }),
+                    battles: plain.iter().filter(|b| b.a == k || b.b == k).count(),
+                })
+                .collect();
+            rated.sort_by(|x, y| y.rating.total_cmp(&x.rating));
+            Some((rated, beta))
+        })
+        .flatten();
+    let (style_ratings, style_beta) = match styled {
+        Some((r, beta)) => (Some(r), Some(beta)),
+        None => (None, None),
+    };
     Report {
         models: models.to_vec(),
         inconsistent: options.inconsistent,
         pairs,
         ratings,
         matrix,
+        style_ratings,
+        style_beta,
     }
 }
 
@@ -305,6 +347,23 @@ impl fmt::Display for Report {
                     r.ci.low,
                     r.ci.high,
                     r.battles,
+                    w = width
+                )?;
+            }
+        }
+        if let (Some(ratings), Some(beta)) = (&self.style_ratings, self.style_beta) {
+            writeln!(
+                f,
+                "\nwith a style control on length (β = {beta:+.2} log-odds per sd of length advantage)"
+            )?;
+            for r in ratings {
+                writeln!(
+                    f,
+                    "{:<w$}  {:>7.1}  [{:.1}, {:.1}]",
+                    r.model,
+                    r.rating,
+                    r.ci.low,
+                    r.ci.high,
                     w = width
                 )?;
             }

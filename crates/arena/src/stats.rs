@@ -171,6 +171,113 @@ pub fn bradley_terry(models: usize, battles: &[Battle], anchor: Anchor) -> Vec<f
         .collect()
 }
 
+/// Solves `a·x = b` by Gaussian elimination with partial pivoting; `None` when singular.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-300 {
+            return None;
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..n {
+            let factor = a[row][col] / a[col][col];
+            let (upper, lower) = a.split_at_mut(row);
+            for (x, p) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *x -= factor * p;
+            }
+            b[row] -= factor * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let tail: f64 = (row + 1..n).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - tail) / a[row][row];
+    }
+    Some(x)
+}
+
+/// Bradley–Terry ratings with a style control on length, as the public arena leaderboards add
+/// it: P(a beats b) = σ(ln10/400·(r_a − r_b) + β·tanh(Δ/sd(Δ))), Δ the length difference a − b
+/// of each battle (`lengths[i]` for `battles[i]`), fitted by Newton's method on the likelihood
+/// (with [`LENGTH_RIDGE`]·β²/2 subtracted).
+/// Returns the ratings (anchored as `anchor` says) and β, the log-odds a length advantage of one
+/// standard deviation (through tanh) is worth. `None` when the fit has no finite solution (a
+/// model that won or lost every battle) or `lengths` does not match `battles`.
+pub fn bradley_terry_style(
+    models: usize,
+    battles: &[Battle],
+    lengths: &[f64],
+    anchor: Anchor,
+) -> Option<(Vec<f64>, f64)> {
+    if models < 2 || lengths.len() != battles.len() || battles.is_empty() {
+        return None;
+    }
+    let n = lengths.len() as f64;
+    let mean = lengths.iter().sum::<f64>() / n;
+    let sd = (lengths.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let style: Vec<f64> = lengths
+        .iter()
+        .map(|d| if sd > 0.0 { (d / sd).tanh() } else { 0.0 })
+        .collect();
+    // Parameters: u_1 … u_{m−1} (u_0 = 0: the likelihood fixes differences only), then β.
+    let dim = models;
+    let column = |model: usize| model.checked_sub(1);
+    let mut theta = vec![0.0; dim];
+    for _ in 0..200 {
+        let mut grad = vec![0.0; dim];
+        let mut hess = vec![vec![0.0; dim]; dim];
+        for (b, s) in battles.iter().zip(&style) {
+            let u = |m: usize| column(m).map_or(0.0, |c| theta[c]);
+            let eta = u(b.a) - u(b.b) + theta[dim - 1] * s;
+            let p = 1.0 / (1.0 + (-eta).exp());
+            let w = p * (1.0 - p);
+            let mut x: Vec<(usize, f64)> = Vec::with_capacity(3);
+            if let Some(c) = column(b.a) {
+                x.push((c, 1.0));
+            }
+            if let Some(c) = column(b.b) {
+                x.push((c, -1.0));
+            }
+            x.push((dim - 1, *s));
+            for &(i, xi) in &x {
+                grad[i] += (b.score - p) * xi;
+                for &(j, xj) in &x {
+                    hess[i][j] += w * xi * xj;
+                }
+            }
+        }
+        for (i, row) in hess.iter_mut().enumerate() {
+            // A vanishing ridge keeps a set without style spread solvable.
+            row[i] += 1e-9;
+        }
+        // The ridge of the length-controlled win rate on β: a set that length separates
+        // perfectly still has a finite fit.
+        grad[dim - 1] -= LENGTH_RIDGE * theta[dim - 1];
+        hess[dim - 1][dim - 1] += LENGTH_RIDGE;
+        let step = solve(hess, grad)?;
+        for (t, d) in theta.iter_mut().zip(&step) {
+            *t += d;
+        }
+        if step.iter().fold(0.0f64, |m, d| m.max(d.abs())) < 1e-10 {
+            let k = SCALE / std::f64::consts::LN_10;
+            let ratings: Vec<f64> = (0..models)
+                .map(|m| k * column(m).map_or(0.0, |c| theta[c]))
+                .collect();
+            let shift = match anchor {
+                Anchor::Model(j, level) if j < models => level - ratings[j],
+                Anchor::Mean(level) | Anchor::Model(_, level) => {
+                    level - ratings.iter().sum::<f64>() / models as f64
+                }
+            };
+            let finite = theta.iter().all(|t| t.is_finite() && t.abs() < 50.0);
+            return finite.then(|| (ratings.iter().map(|r| r + shift).collect(), theta[dim - 1]));
+        }
+    }
+    None
+}
+
 /// SplitMix64: a small, well-mixed generator whose draws are easy to reproduce anywhere.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -488,6 +595,35 @@ mod tests {
         close(r[0], 1_099.373_19, 1e-4);
         close(r[1], 970.978_21, 1e-4);
         close(r[2], 929.648_61, 1e-4);
+    }
+
+    #[test]
+    fn style_control_takes_the_length_advantage_out_of_the_ratings() {
+        // Python (scipy 1.17): the three-model log B above with a length difference per battle
+        // L (a − b); x = tanh(L / L.std()); minimise
+        //   −Σ o·log σ(η) + (1 − o)·log(1 − σ(η)) + 0.005·β²,  η = (r_a − r_b)·ln10/400 + β·x,
+        // over (r_0, r_1, β) with r_2 = 0 (BFGS, analytic gradient, gtol 1e-12), then shift r
+        // to mean 1000:
+        //   L = [300,250,200,-50,100,  -100,20,  0,  150,120,100,80,-200,-150,-100,
+        //        50,  -300,-250,-200,-150,  0,10]
+        //   -> r = [1012.34475648, 993.40964114, 994.24560238], β = 4.96505645
+        // (the longer response won most battles: length, not the model, explains them)
+        let lengths = [
+            300.0, 250.0, 200.0, -50.0, 100.0, -100.0, 20.0, 0.0, 150.0, 120.0, 100.0, 80.0,
+            -200.0, -150.0, -100.0, 50.0, -300.0, -250.0, -200.0, -150.0, 0.0, 10.0,
+        ];
+        let (r, beta) = bradley_terry_style(3, &three_model_log(), &lengths, Anchor::Mean(1000.0))
+            .expect("a finite fit");
+        close(r[0], 1_012.344_756, 1e-4);
+        close(r[1], 993.409_641, 1e-4);
+        close(r[2], 994.245_602, 1e-4);
+        close(beta, 4.965_056_45, 1e-6);
+        // With no length spread it is plain Bradley–Terry.
+        let (r, beta) =
+            bradley_terry_style(3, &three_model_log(), &[0.0; 22], Anchor::Mean(1000.0))
+                .expect("a finite fit");
+        close(r[0], 1_099.373_19, 1e-3);
+        close(beta, 0.0, 1e-6);
     }
 
     #[test]

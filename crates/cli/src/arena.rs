@@ -69,6 +69,10 @@ pub(crate) struct ArenaArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// With three models or more, also fit Bradley–Terry with a style control on response
+    /// length (the length advantage as a covariate).
+    #[arg(long)]
+    style_control: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -345,6 +349,7 @@ pub(crate) async fn run(args: ArenaArgs, logging: &Logging) -> anyhow::Result<Ex
         anchor,
         resamples: args.resamples,
         seed: args.seed,
+        style_control: args.style_control,
     };
     let report = pairwise::report(&names, &verdicts, &options);
     if args.json {
