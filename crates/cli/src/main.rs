@@ -1,4 +1,4 @@
-//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`, `bench`.
+//! The rewardfleet binary: `score`, `gateway`, `worker`, `check`, `status`, `bench`, `arena`.
 
 mod arena;
 mod bench;
@@ -49,8 +49,8 @@ enum Command {
     Worker(ConfigArg),
     /// Validates a configuration and says exactly what is wrong and where.
     Check(ConfigArg),
-    /// Compares the responses of two or more models with the profile's pairwise judge: win
-    /// rates, Elo, Bradley–Terry ratings.
+    /// Compares the responses of two or more models with the profile's pairwise judge (win
+    /// rates, Elo, Bradley–Terry ratings), or measures their factuality (`--metric factuality`).
     Arena(arena::ArenaArgs),
     /// Shows a fleet on NATS: each pool's queued jobs, the live workers and gateways, recent
     /// throughput and failure rate.
