@@ -1149,6 +1149,36 @@ method = "pairwise""#
         )
         .is_empty()
     );
+    // Factuality needs no rubric; its parameters are checked, and refused on other methods.
+    assert!(
+        problems(
+            r#"scorer = "j"
+method = "factuality"
+length_penalty = true
+gamma = 5
+abstain_value = 0.5
+max_claims = 8"#
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        problems(
+            r#"scorer = "j"
+method = "factuality"
+gamma = 0
+abstain_value = 2
+max_claims = 0"#
+        ),
+        vec!["max_claims", "gamma", "abstain_value"]
+    );
+    assert_eq!(
+        problems(
+            r#"scorer = "j"
+method = "pairwise"
+gamma = 5"#
+        ),
+        vec!["gamma"]
+    );
 }
 
 #[tokio::test]
