@@ -212,31 +212,35 @@ impl JetStreamQueue {
             .build(client.clone());
 
         let prefix = nats.subject_prefix.clone();
-        js.create_or_update_stream(stream::Config {
-            name: nats.jobs_stream.clone(),
-            description: Some("rewardfleet jobs: one subject per worker pool".into()),
-            subjects: vec![format!("{prefix}.jobs.>")],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            num_replicas: nats.replicas,
-            duplicate_window: nats.duplicate_window,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(format!("jobs stream {}", nats.jobs_stream), e))?;
-        js.create_or_update_stream(stream::Config {
-            name: nats.results_stream.clone(),
-            description: Some("rewardfleet results: one subject per session".into()),
-            subjects: vec![format!("{prefix}.results.>")],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            num_replicas: nats.replicas,
-            duplicate_window: nats.duplicate_window,
-            max_age: nats.results_max_age,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(format!("results stream {}", nats.results_stream), e))?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: nats.jobs_stream.clone(),
+                description: Some("rewardfleet jobs: one subject per worker pool".into()),
+                subjects: vec![format!("{prefix}.jobs.>")],
+                retention: RetentionPolicy::WorkQueue,
+                storage: StorageType::File,
+                num_replicas: nats.replicas,
+                duplicate_window: nats.duplicate_window,
+                ..Default::default()
+            },
+        )
+        .await?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: nats.results_stream.clone(),
+                description: Some("rewardfleet results: one subject per session".into()),
+                subjects: vec![format!("{prefix}.results.>")],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: nats.replicas,
+                duplicate_window: nats.duplicate_window,
+                max_age: nats.results_max_age,
+                ..Default::default()
+            },
+        )
+        .await?;
         let results = js
             .get_stream_no_info(&nats.results_stream)
             .await
@@ -598,6 +602,33 @@ impl ResultFollower {
                     self.messages = None;
                 }
             }
+        }
+    }
+}
+
+/// How long stream creation keeps trying while JetStream is not ready yet (a cluster still
+/// electing its meta leader answers "request timed out" for a few seconds after it starts).
+const STREAM_SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Creates or updates a stream; retries while the request times out (a cluster that has just
+/// started), for up to [`STREAM_SETUP_PATIENCE`]. A refusal (an existing stream of another
+/// retention, a server without JetStream) is an error at once.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
+    use jetstream::context::CreateStreamErrorKind as K;
+    let what = format!("stream {}", config.name);
+    let deadline = Instant::now() + STREAM_SETUP_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == K::TimedOut && Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(stream = %config.name, error = %e, "JetStream not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(setup(what, e)),
         }
     }
 }
