@@ -621,9 +621,7 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
     loop {
         match js.create_or_update_stream(config.clone()).await {
             Ok(_) => return Ok(()),
-            Err(e)
-                if e.kind() == K::TimedOut && Instant::now() + delay < deadline =>
-            {
+            Err(e) if e.kind() == K::TimedOut && Instant::now() + delay < deadline => {
                 tracing::warn!(stream = %config.name, error = %e, "JetStream not ready; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(4));
