@@ -348,12 +348,21 @@ async fn gateway(path: &Path, logging: &Logging) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    if config.tenant.is_empty() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "the gateway listens beyond loopback without authentication: anyone who reaches this \
-             address can score (and spend judge budget); add [[tenant]] entries with tokens"
-        );
+    if !addr.ip().is_loopback() {
+        if config.tenant.is_empty() {
+            tracing::warn!(
+                %addr,
+                "the gateway listens beyond loopback without authentication: anyone who reaches \
+                 this address can score (and spend judge budget); add [[tenant]] entries with tokens"
+            );
+        }
+        if config.gateway.tls_cert.is_none() {
+            tracing::warn!(
+                %addr,
+                "the gateway listens beyond loopback without TLS: tokens and data cross the \
+                 network in clear; set gateway.tls_cert and gateway.tls_key"
+            );
+        }
     }
     let mut secrets = secrets(&config)?;
     secrets.tenant_tokens = tenant_tokens(&config)?;

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rewardfleet_client::{Responses, Transport};
 use rewardfleet_core::Pipeline;
 use rewardfleet_core::config::Config;
-use rewardfleet_gateway::Gateway;
+use rewardfleet_gateway::{Gateway, ReloadingTls, TlsFiles};
 use rewardfleet_judge::{JudgeCache, JudgeError, JudgeSet};
 use rewardfleet_proto::v1::ScoreRequest;
 use rewardfleet_queue::jetstream::JetStreamOptions;
@@ -321,6 +321,8 @@ pub struct GatewayProcess {
     name: String,
     /// The HTTP endpoints and their listener (`gateway.http_listen`), when configured.
     http: Option<(rewardfleet_gateway::HttpApi, TcpListener)>,
+    /// Server TLS for gRPC (ALPN `h2`) and HTTP, when `gateway.tls_cert` is set.
+    tls: Option<(ReloadingTls, ReloadingTls)>,
 }
 
 impl GatewayProcess {
@@ -354,6 +356,7 @@ impl GatewayProcess {
                 (gateway, None, heartbeat)
             }
         };
+        let tls = gateway_tls(config)?;
         let http = match &config.gateway.http_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -373,6 +376,7 @@ impl GatewayProcess {
             heartbeat,
             name: format!("gateway-{}", std::process::id()),
             http,
+            tls,
         })
     }
 
@@ -410,6 +414,7 @@ impl GatewayProcess {
                 .map_or_else(|_| String::new(), |a| a.to_string());
             heartbeat::gateway(queue, &nats, self.name, listen, self.gateway.clone())
         });
+        let (grpc_tls, http_tls) = self.tls.unzip();
         let http = self.http.map(|(api, http_listener)| {
             if let Ok(addr) = http_listener.local_addr() {
                 tracing::info!(%addr, "HTTP endpoints listening (/get_reward, /reward, /health)");
@@ -419,10 +424,17 @@ impl GatewayProcess {
                 http_listener,
                 shutdown.clone(),
                 self.drain_timeout,
+                http_tls,
             ))
         });
-        let served =
-            rewardfleet_gateway::serve(self.gateway, listener, shutdown, self.drain_timeout).await;
+        let served = rewardfleet_gateway::serve(
+            self.gateway,
+            listener,
+            shutdown,
+            self.drain_timeout,
+            grpc_tls,
+        )
+        .await;
         if let Some(http) = http {
             match http.await {
                 Ok(Ok(())) => {}
@@ -438,6 +450,26 @@ impl GatewayProcess {
         }
         Ok(served?)
     }
+}
+
+/// The gateway's server TLS from `gateway.tls_cert` / `tls_key` / `tls_client_ca`: one for gRPC
+/// (ALPN `h2`) and one for HTTP (`h2`, `http/1.1`), over the same files.
+fn gateway_tls(config: &Config) -> Result<Option<(ReloadingTls, ReloadingTls)>, FleetError> {
+    let g = &config.gateway;
+    let (Some(cert), Some(key)) = (&g.tls_cert, &g.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: config.resolve(cert),
+        key: config.resolve(key),
+        client_ca: g.tls_client_ca.as_ref().map(|ca| config.resolve(ca)),
+    };
+    let fail = |e: rewardfleet_gateway::TlsError| {
+        FleetError::Config(format!("gateway.tls_cert / tls_key / tls_client_ca: {e}"))
+    };
+    let grpc = ReloadingTls::new(files.clone(), &[b"h2"]).map_err(fail)?;
+    let http = ReloadingTls::new(files, &[b"h2", b"http/1.1"]).map_err(fail)?;
+    Ok(Some((grpc, http)))
 }
 
 /// Runs the gateway of `config` on `listener` until `shutdown` fires (see [`GatewayProcess`]).

@@ -21,11 +21,13 @@ use rewardfleet_core::config::{Config, NormalizeKind};
 use rewardfleet_core::{Candidate, ChatMessage, Reward, RewardStatus};
 use rewardfleet_telemetry::TraceContext;
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::tls::ReloadingTls;
 use crate::{Caller, Gateway};
 
 /// What a client is told to wait before it tries again after a 429 or a 503, in seconds.
@@ -1028,6 +1030,7 @@ pub async fn serve_http(
     listener: TcpListener,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    tls: Option<ReloadingTls>,
 ) -> std::io::Result<()> {
     let drained = CancellationToken::new();
     let drain = {
@@ -1042,13 +1045,87 @@ pub async fn serve_http(
         }
     };
     tokio::spawn(drain);
-    let server = axum::serve(listener, api.router())
-        .with_graceful_shutdown(drained.clone().cancelled_owned());
+    let stop = drained.clone().cancelled_owned();
+    let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        None => Box::pin(
+            axum::serve(listener, api.router())
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+        Some(tls) => Box::pin(
+            axum::serve(TlsListener::new(listener, tls), api.router())
+                .with_graceful_shutdown(stop)
+                .into_future(),
+        ),
+    };
     tokio::select! {
         r = server => r,
         () = async { drained.cancelled().await; tokio::time::sleep(Duration::from_secs(2)).await } => {
             tracing::warn!("HTTP connections still open after the drain; closing");
             Ok(())
+        }
+    }
+}
+
+/// The HTTP listener over TLS: connections are accepted and handshaken by a task of their own
+/// (a slow or plaintext client holds up no other; a failed handshake closes the connection).
+struct TlsListener {
+    /// Handshaken connections waiting for the server: at most 64.
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    addr: std::io::Result<std::net::SocketAddr>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: ReloadingTls) -> Self {
+        let addr = listener.local_addr();
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = tx.closed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "HTTP accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let acceptor = tls.acceptor();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP TLS handshake failed"),
+                        Err(_) => tracing::debug!("HTTP TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended: nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.addr {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         }
     }
 }

@@ -6,6 +6,7 @@ mod http;
 mod server;
 mod session;
 mod tenant;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use http::{HttpApi, serve_http};
 pub use server::{RewardApi, serve};
 pub use session::ScoreStream;
 pub use tenant::{Caller, Tenant};
+pub use tls::{ReloadingTls, TlsError, TlsFiles};
 
 /// The gateway's logic, independent of the transport: the gRPC service and the embedded
 /// `rewardfleet score` both drive sessions through it. Cheap to clone.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::{Stream, StreamExt};
 use rewardfleet_core::config::GatewayConfig;
 use rewardfleet_proto::v1::reward_service_server::{RewardService, RewardServiceServer};
@@ -23,6 +24,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::tls::ReloadingTls;
 use crate::{Caller, Gateway, ScoreStream};
 
 /// `RewardService` over a [`Gateway`].
@@ -140,8 +142,8 @@ fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tr
     span
 }
 
-/// Serves `RewardService`, `grpc.health.v1.Health` and reflection on `listener` until `shutdown`
-/// fires; then reports NOT_SERVING, stops taking new streams, lets open sessions finish for up
+/// Serves `RewardService`, `grpc.health.v1.Health` and reflection on `listener` (over `tls`
+/// when given: plaintext connections are then closed at the handshake) until `shutdown` fires; then reports NOT_SERVING, stops taking new streams, lets open sessions finish for up
 /// to `drain_timeout`, and ends the rest with `UNAVAILABLE` (their results stay retained for
 /// resume).
 ///
@@ -152,6 +154,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    tls: Option<ReloadingTls>,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -202,7 +205,10 @@ pub async fn serve(
         .add_optional_service(reflection)
         .add_service(api)
         .serve_with_incoming_shutdown(
-            incoming(listener, &bounds),
+            match tls {
+                None => Either::Left(incoming(listener, &bounds)),
+                Some(tls) => Either::Right(tls_incoming(incoming(listener, &bounds), tls)),
+            },
             stop_accepting.cancelled_owned(),
         );
     // hyper waits without limit for connections to close: bound the wait.
@@ -248,7 +254,7 @@ fn incoming(
                         tracing::warn!(error = %e, "cannot set TCP keep-alive on a trainer connection");
                     }
                     Some(Ok(Connection {
-                        stream,
+                        io: Io::Plain(stream),
                         _slot: slot,
                     }))
                 }
@@ -258,17 +264,84 @@ fn incoming(
     })
 }
 
+/// The connections of `plain` after a TLS handshake each, run concurrently (a slow client
+/// holds up no other) under `HANDSHAKE_TIMEOUT`; a failed handshake (a plaintext client, an
+/// untrusted client certificate) closes the connection. At most `HANDSHAKES` handshaken
+/// connections wait for the server to take them.
+fn tls_incoming(
+    plain: impl Stream<Item = std::io::Result<Connection>> + Send + 'static,
+    tls: ReloadingTls,
+) -> impl Stream<Item = std::io::Result<Connection>> {
+    const HANDSHAKES: usize = 64;
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES);
+    tokio::spawn(async move {
+        let mut plain = Box::pin(plain);
+        loop {
+            let next = tokio::select! {
+                () = tx.closed() => break,
+                next = plain.next() => next,
+            };
+            let connection = match next {
+                None => break,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Ok(c)) => c,
+            };
+            let Io::Plain(stream) = connection.io else {
+                continue;
+            };
+            let slot = connection._slot;
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx
+                            .send(Ok(Connection {
+                                io: Io::Tls(Box::new(stream)),
+                                _slot: slot,
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// A trainer's connection, holding one of the `gateway.max_connections` slots until it closes.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    io: Io,
     _slot: OwnedSemaphorePermit,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connection {
+    fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 impl Connected for Connection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.tcp().connect_info()
     }
 }
 
@@ -278,7 +351,10 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -288,15 +364,24 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -304,11 +389,17 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -327,9 +418,9 @@ mod tests {
             .await
             .expect("a connection")
             .expect("accepted");
-        assert!(server_side.stream.nodelay().expect("read TCP_NODELAY"));
+        assert!(server_side.tcp().nodelay().expect("read TCP_NODELAY"));
         assert!(
-            SockRef::from(&server_side.stream)
+            SockRef::from(server_side.tcp())
                 .keepalive()
                 .expect("read SO_KEEPALIVE")
         );

@@ -150,6 +150,13 @@ pub struct GatewayConfig {
     /// TCP keep-alive probes on trainer connections after this much silence.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// PEM certificate chain: with `tls_key`, gRPC and HTTP are served over TLS only (the
+    /// files are reloaded when they change; new connections get the new certificate).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate that chains to it (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -169,6 +176,9 @@ impl Default for GatewayConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -469,6 +479,7 @@ impl Config {
             ));
         }
         gateway_bounds_problems(&self.gateway, &mut p);
+        self.gateway_tls_problems(&mut p);
         if let Some(name) = &self.gateway.default_profile
             && !self.profile.contains_key(name)
         {
@@ -570,6 +581,44 @@ impl Config {
             }
         }
         p
+    }
+
+    /// Problems of the gateway's TLS files: a certificate needs its key (and the reverse), a
+    /// client CA needs a certificate, and each file must be readable.
+    fn gateway_tls_problems(&self, p: &mut Vec<ConfigProblem>) {
+        let g = &self.gateway;
+        match (&g.tls_cert, &g.tls_key) {
+            (Some(_), None) => p.push(ConfigProblem::new(
+                "gateway.tls_key",
+                "tls_cert needs tls_key (the certificate's private key)",
+            )),
+            (None, Some(_)) => p.push(ConfigProblem::new(
+                "gateway.tls_cert",
+                "tls_key needs tls_cert (the certificate chain)",
+            )),
+            _ => {}
+        }
+        if g.tls_client_ca.is_some() && g.tls_cert.is_none() {
+            p.push(ConfigProblem::new(
+                "gateway.tls_client_ca",
+                "client certificates need TLS: set tls_cert and tls_key",
+            ));
+        }
+        for (key, file) in [
+            ("gateway.tls_cert", &g.tls_cert),
+            ("gateway.tls_key", &g.tls_key),
+            ("gateway.tls_client_ca", &g.tls_client_ca),
+        ] {
+            if let Some(file) = file {
+                let path = self.resolve(file);
+                if let Err(e) = std::fs::File::open(&path) {
+                    p.push(ConfigProblem::new(
+                        key,
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
     }
 
     /// Names of the profiles, sorted.
