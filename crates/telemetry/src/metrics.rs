@@ -87,6 +87,10 @@ pub struct Metrics {
     pub judge_circuit_state: Gauge<i64>,
     /// `rewardfleet_cache_lookups_total{judge,result}`: verdict cache lookups, `hit` or `miss`.
     pub cache_lookups: Counter<u64>,
+    /// `rewardfleet_monitor{profile,statistic}`: reward-hacking monitors over a worker's last
+    /// rewards (`length_correlation`, `injection_rate`, `position_inconsistency_rate`,
+    /// `panel_disagreement_rate`, `gate_floor_rate`).
+    pub monitor: Gauge<f64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -226,6 +230,12 @@ impl Metrics {
                 "rewardfleet_cache_lookups",
                 "Verdict cache lookups, by result (hit, miss).",
             ),
+            monitor: m
+                .f64_gauge("rewardfleet_monitor")
+                .with_description(
+                    "Reward-hacking monitors over a worker's last rewards, by profile and statistic.",
+                )
+                .build(),
         }
     }
 }

@@ -6,8 +6,10 @@
 //! duplicate result.
 
 mod health;
+mod monitor;
 
 pub use health::serve_health;
+pub use monitor::{Monitor, MonitorStats};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +65,7 @@ pub struct Worker {
     config: WorkerConfig,
     name: String,
     stats: Arc<WorkerStats>,
+    monitor: Arc<Monitor>,
 }
 
 impl Worker {
@@ -85,13 +88,20 @@ impl Worker {
         name: impl Into<String>,
         stats: Arc<WorkerStats>,
     ) -> Self {
+        let monitor = Arc::new(Monitor::new(config.monitor.clone()));
         Self {
             queue,
             pipeline,
             config,
             name: name.into(),
             stats,
+            monitor,
         }
+    }
+
+    /// Its reward-hacking monitors (shared; they keep moving while it runs).
+    pub fn monitor(&self) -> Arc<Monitor> {
+        Arc::clone(&self.monitor)
     }
 
     /// Its counters (shared; they keep moving while it runs).
@@ -116,6 +126,7 @@ impl Worker {
             config: self.config.clone(),
             name: self.name.clone(),
             stats: Arc::clone(&self.stats),
+            monitor: Arc::clone(&self.monitor),
         });
         self.stats.ready.store(true, Ordering::Relaxed);
         tracing::info!(worker = %self.name, pool = %self.config.pool, capacity, "worker pulling");
@@ -172,6 +183,7 @@ struct JobContext {
     config: WorkerConfig,
     name: String,
     stats: Arc<WorkerStats>,
+    monitor: Arc<Monitor>,
 }
 
 impl JobContext {
@@ -313,6 +325,7 @@ impl JobContext {
     /// Counts a scored job's candidates by status and says, once per job, why any failed
     /// (with the trace id, so that the line leads to the job's trace).
     fn observe(&self, job: &Job, rewards: &[Reward], scoring: Duration) {
+        self.monitor.observe(&job.profile, &job.candidates, rewards);
         let failed: Vec<&Reward> = rewards
             .iter()
             .filter(|r| r.status() == RewardStatus::Failed)
@@ -361,7 +374,7 @@ mod tests {
 
     use async_trait::async_trait;
     use futures::StreamExt;
-    use rewardfleet_core::config::{NormalizeKind, OnFailure};
+    use rewardfleet_core::config::{MonitorConfig, NormalizeKind, OnFailure};
     use rewardfleet_core::profile::Component;
     use rewardfleet_core::scorer::Outcome;
     use rewardfleet_core::{
@@ -467,6 +480,78 @@ mod tests {
         stop.cancel();
         running.await.expect("worker task").expect("worker");
         (results, stats)
+    }
+
+    /// Runs a worker (monitors with `monitor`) over one job per response; returns its
+    /// monitors once every result came, and the threshold crossings of a replay.
+    async fn monitored(responses: &[String], monitor: MonitorConfig) -> Arc<Monitor> {
+        let mut cfg = config(1);
+        cfg.monitor = monitor;
+        let queue = Arc::new(InProcessQueue::new(&cfg, 64));
+        let mut events = queue.results("s").await.expect("subscribe");
+        let worker = Worker::new(
+            queue.clone(),
+            pipeline(Arc::new(Length::default())),
+            cfg,
+            "w",
+        );
+        let monitors = worker.monitor();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        for (n, r) in responses.iter().enumerate() {
+            queue.publish_job(&job(n, r)).await.expect("publish");
+        }
+        let mut seen = 0;
+        while seen < responses.len() {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("a result within 10 s");
+            if let Some(Ok(SessionEvent::Result(..))) = event {
+                seen += 1;
+            }
+        }
+        stop.cancel();
+        running.await.expect("worker task").expect("worker");
+        monitors
+    }
+
+    /// A synthetic policy over a session: every answer is equally right ("4"), but it learns
+    /// that a length-biased grader pays for words, and pads its answers with more and more
+    /// flattery. The length-correlation monitor sees it; a policy that stays put does not.
+    #[tokio::test]
+    async fn a_policy_buying_reward_with_flattery_trips_the_length_monitor() {
+        let monitor = MonitorConfig {
+            window: 100,
+            min_samples: 50,
+            ..MonitorConfig::default()
+        };
+        let gaming: Vec<String> = (0..120)
+            .map(|i| format!("4.{}", " What a brilliant question!".repeat(i / 10)))
+            .collect();
+        let stats = monitored(&gaming, monitor.clone()).await.snapshot()["p"];
+        assert_eq!(stats.samples, 100, "the window keeps the last 100");
+        assert!(stats.length_correlation > 0.99, "{stats:?}");
+        let crossed = Monitor::new(monitor.clone()).observe(
+            "p",
+            &gaming
+                .iter()
+                .enumerate()
+                .map(|(n, r)| job(n, r).candidates.remove(0))
+                .collect::<Vec<_>>(),
+            &gaming
+                .iter()
+                .map(|r| Reward {
+                    value: r.len() as f64,
+                    status: RewardStatus::Ok as i32,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(crossed, ["length_correlation"]);
+
+        let steady: Vec<String> = (0..120).map(|_| "4. Done.".to_owned()).collect();
+        let stats = monitored(&steady, monitor).await.snapshot()["p"];
+        assert_eq!(stats.length_correlation, 0.0, "{stats:?}");
     }
 
     #[tokio::test]

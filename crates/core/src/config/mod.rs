@@ -208,6 +208,44 @@ pub struct WorkerConfig {
     pub embedded_queue: usize,
     /// Address of the HTTP probes (`/livez`, `/readyz`); none: no probes.
     pub health_listen: Option<String>,
+    /// Reward-hacking monitors over the rewards this worker produces.
+    pub monitor: MonitorConfig,
+}
+
+/// Reward-hacking monitors: rolling statistics per profile over the last `window` rewards a
+/// worker produced; each crossing its threshold logs a warning (once, until it goes back under).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MonitorConfig {
+    /// Rewards per profile in the rolling window; 0 turns the monitors off.
+    pub window: usize,
+    /// Rewards in the window before any warning.
+    pub min_samples: usize,
+    /// Pearson correlation of reward with response length above which a policy is likely
+    /// buying reward with verbosity.
+    pub length_correlation: f64,
+    /// Share of rewards flagged as a suspected prompt injection.
+    pub injection_rate: f64,
+    /// Share flagged position-inconsistent by a pairwise judge.
+    pub position_inconsistency_rate: f64,
+    /// Share on which a judge panel disagreed.
+    pub panel_disagreement_rate: f64,
+    /// Share that failed a gate (got the profile's floor).
+    pub gate_floor_rate: f64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            window: 1000,
+            min_samples: 200,
+            length_correlation: 0.5,
+            injection_rate: 0.02,
+            position_inconsistency_rate: 0.2,
+            panel_disagreement_rate: 0.25,
+            gate_floor_rate: 0.5,
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -222,6 +260,7 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(25),
             embedded_queue: 256,
             health_listen: None,
+            monitor: MonitorConfig::default(),
         }
     }
 }
