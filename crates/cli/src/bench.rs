@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
-use rewardfleet_core::{Candidate, ChatMessage, RewardStatus};
+use rewardfleet_core::{Candidate, RewardStatus};
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
 use rewardfleet_proto::v1::score_response;
 use serde::Serialize;
@@ -245,7 +245,8 @@ const WORDS: &[&str] = &[
 
 /// The candidates each request sends.
 enum Source {
-    /// Synthetic responses cut from one long random text, `lengths` tokens (or words) long.
+    /// Synthetic responses (no prompt) cut from one long random text, `lengths` tokens (or
+    /// words) long.
     Synthetic {
         lengths: Lengths,
         text: String,
@@ -350,12 +351,10 @@ impl Source {
                         let n = lengths.sample(&mut rng);
                         let start = rng.random_range(0..=spans.len() - n);
                         tokens += n;
+                        // A response alone: a model whose template is `{response}` sees exactly
+                        // the text an OpenRLHF query of `--api http` holds.
                         Candidate {
                             id: format!("{r}-{i}"),
-                            prompt: vec![ChatMessage {
-                                role: "user".into(),
-                                content: format!("Q{r}.{i}: "),
-                            }],
                             response: text[spans[start].0..spans[start + n - 1].1].to_owned(),
                             ..Default::default()
                         }

@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""results.jsonl of run.sh → the markdown table of docs/benchmarks-peers.md."""
+
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+key = lambda r: (r["size"], r["dtype"], r["traffic"])  # noqa: E731
+peer = {key(r): r for r in rows if r["server"] == "serve_rm"}
+print("| model | dtype | traffic | server (client) | candidates/s | p50 ms | p99 ms | errors | × serve_rm (cand/s) |")
+print("|---|---|---|---|---:|---:|---:|---:|---:|")
+for r in rows:
+    p = r["latency_ms"]["candidate"]
+    base = peer.get(key(r))
+    ratio = f"{r['candidates_per_s'] / base['candidates_per_s']:.2f}×" if base and base["candidates_per_s"] else "n/a"
+    if r["server"] == "serve_rm":
+        ratio = "1.00×"
+    client = "OpenRLHF HTTP" if r["server"] == "serve_rm" else ("/get_reward" if r["via"] == "http" else "gRPC Score")
+    traffic = "1-query, 64 in flight, lognormal 200/0.8/1024" if r["traffic"] == "trainer" else f"64-query, uniform 256, {r['concurrency']} in flight"
+    print(f"| {r['size']} | {r['dtype']} | {traffic} | {r['server']} ({client}) | {r['candidates_per_s']:.1f} "
+          f"| {p['p50']:.0f} | {p['p99']:.0f} | {r['statuses']['error']} | {ratio} |")
