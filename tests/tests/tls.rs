@@ -251,3 +251,139 @@ fn check_names_a_missing_certificate() {
         assert!(said.contains(key), "{key} not named in:\n{said}");
     }
 }
+
+/// A nats-server with JetStream serving TLS only, with `cert.pem` / `key.pem` of `dir`.
+struct TlsNats {
+    child: std::process::Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl TlsNats {
+    async fn start(dir: &Path) -> Self {
+        let port = free_port().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .arg("--tls")
+            .arg("--tlscert")
+            .arg(dir.join("cert.pem"))
+            .arg("--tlskey")
+            .arg(dir.join("key.pem"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            port,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_talks_to_a_tls_only_nats_with_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("nats CA");
+    let params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    write_pair(dir.path(), &(cert.pem(), key.serialize_pem()));
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let nats = TlsNats::start(dir.path()).await;
+    let grpc = free_port().unwrap();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let write_config = |name: &str, nats_keys: &str| {
+        let text = config_text(Some(&url), "")
+            .replace(
+                "[gateway]\nlisten = \"127.0.0.1:0\"\n",
+                &format!("[gateway]\nlisten = \"127.0.0.1:{grpc}\"\n"),
+            )
+            .replace(
+                &format!("url = \"{url}\"\n"),
+                &format!("url = \"{url}\"\n{nats_keys}"),
+            );
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // Without the CA the server's certificate is not trusted: the gateway does not start.
+    let untrusting = write_config("untrusting.toml", "tls_required = true\n");
+    let mut refused = std::process::Command::new(binary())
+        .args(["gateway", "--config"])
+        .arg(&untrusting)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("refused.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = support::process::wait_exit(&mut refused, Duration::from_secs(30)).await;
+    assert!(
+        !status.success(),
+        "a gateway that cannot trust NATS started"
+    );
+    let said = std::fs::read_to_string(dir.path().join("refused.log"))
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        said.contains("certificate") || said.contains("tls"),
+        "the refusal does not say why:\n{said}"
+    );
+
+    let config = write_config("fleet.toml", "tls_required = true\ntls_ca = \"ca.pem\"\n");
+    let _gateway = Process::start("gateway", &["gateway"], &config, "listening on");
+    let _worker = Process::start("worker", &["worker"], &config, "pulling");
+    let mut client = rewardfleet_client::connect(&format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let candidates: Vec<_> = (0..24).map(candidate).collect();
+    let rewards = rewardfleet_client::score_batch(&mut client, "e2e", candidates)
+        .await
+        .unwrap();
+    for (i, r) in rewards.iter().enumerate() {
+        assert_eq!(r.value, expected(i), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_judge_trusts_its_ca_file_and_a_bad_one_is_named() {
+    use rewardfleet_core::config::JudgeConfig;
+    use rewardfleet_judge::{JudgeCache, JudgeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("ca.pem");
+    std::fs::write(&good, Ca::new("judge CA").pem()).unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let judge = |ca: &Path| JudgeConfig {
+        name: "j".into(),
+        base_url: "https://judge.internal/v1".into(),
+        model: "m".into(),
+        ca_file: Some(ca.to_owned()),
+        ..Default::default()
+    };
+    assert!(JudgeSet::new(&[judge(&good)], Default::default(), JudgeCache::None).is_ok());
+    for file in [bad, dir.path().join("missing.pem")] {
+        let Err(e) = JudgeSet::new(&[judge(&file)], Default::default(), JudgeCache::None) else {
+            panic!("{} was accepted", file.display());
+        };
+        assert!(e.to_string().contains("ca_file"), "{e}");
+    }
+}

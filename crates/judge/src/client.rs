@@ -177,15 +177,29 @@ impl HttpJudge {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.max_concurrency)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| JudgeError::Config {
+            .tcp_nodelay(true);
+        if let Some(file) = &config.ca_file {
+            let fail = |message: String| JudgeError::Config {
                 judge: config.name.clone(),
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+                message: format!("ca_file {}: {message}", file.display()),
+            };
+            let pem = std::fs::read(file).map_err(|e| fail(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| fail(format!("not a PEM CA bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(fail("no certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| JudgeError::Config {
+            judge: config.name.clone(),
+            message: format!("cannot build the HTTP client: {e}"),
+        })?;
         let s = &config.sampling;
         let mut sampling = json!({"temperature": s.temperature, "max_tokens": s.max_tokens});
         if let Some(top_p) = s.top_p {

@@ -132,6 +132,25 @@ impl fmt::Debug for JetStreamQueue {
     }
 }
 
+/// The NATS TLS settings of `nats` (`tls_required`, `tls_ca`, `tls_cert` + `tls_key`) on
+/// `connect`. The files are read when the connection is made; a server that does not offer TLS
+/// is refused when TLS is required.
+pub(crate) fn with_tls(
+    mut connect: async_nats::ConnectOptions,
+    nats: &NatsConfig,
+) -> async_nats::ConnectOptions {
+    if nats.tls_required {
+        connect = connect.require_tls(true);
+    }
+    if let Some(ca) = &nats.tls_ca {
+        connect = connect.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls_cert, &nats.tls_key) {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
+    }
+    connect
+}
+
 impl JetStreamQueue {
     /// Connects without a token (see [`JetStreamQueue::connect_with`]).
     ///
@@ -190,6 +209,7 @@ impl JetStreamQueue {
                     .caused_by(e)
             })?;
         }
+        connect = crate::jetstream::with_tls(connect, nats);
         let urls: Vec<&str> = nats
             .url
             .split(',')

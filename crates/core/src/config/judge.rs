@@ -22,6 +22,9 @@ pub struct JudgeConfig {
     pub api_key_env: Option<String>,
     /// File that holds the API key.
     pub api_key_file: Option<PathBuf>,
+    /// PEM CA bundle trusted for the endpoint's certificate, besides the system roots (a
+    /// private CA).
+    pub ca_file: Option<PathBuf>,
     /// Extra HTTP headers sent with every request.
     pub headers: BTreeMap<String, String>,
     /// Requests in flight to this endpoint, at most.
@@ -90,6 +93,7 @@ impl std::fmt::Debug for JudgeConfig {
             .field("model", &self.model)
             .field("api_key_env", &self.api_key_env)
             .field("api_key_file", &self.api_key_file)
+            .field("ca_file", &self.ca_file)
             .field(
                 "headers",
                 &self
@@ -159,6 +163,7 @@ impl Default for JudgeConfig {
             model: String::new(),
             api_key_env: None,
             api_key_file: None,
+            ca_file: None,
             headers: BTreeMap::new(),
             max_concurrency: 64,
             requests_per_second: 50.0,

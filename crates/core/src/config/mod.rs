@@ -88,6 +88,14 @@ pub struct NatsConfig {
     /// reads). An entry not renewed for three intervals expires: a dead process leaves the list.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Refuse to talk to a server that does not offer TLS.
+    pub tls_required: bool,
+    /// PEM CA bundle the server's certificate must chain to (a private CA).
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -103,6 +111,10 @@ impl Default for NatsConfig {
             results_max_age: Duration::from_secs(3600),
             replicas: 1,
             heartbeat_interval: Duration::from_secs(5),
+            tls_required: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -387,6 +399,25 @@ impl Config {
             other => other,
         })?;
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        // The judges' CA files and the NATS TLS files are handed to their clients as they are:
+        // resolve them here.
+        for judge in &mut config.judge {
+            if let Some(file) = judge.ca_file.as_mut()
+                && file.is_relative()
+            {
+                *file = config.base_dir.join(&*file);
+            }
+        }
+        if let Some(nats) = config.nats.as_mut() {
+            for file in [&mut nats.tls_ca, &mut nats.tls_cert, &mut nats.tls_key]
+                .into_iter()
+                .flatten()
+            {
+                if file.is_relative() {
+                    *file = config.base_dir.join(&*file);
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -457,6 +488,32 @@ impl Config {
             }
             if nats.replicas == 0 || nats.replicas > 5 {
                 p.push(ConfigProblem::new("nats.replicas", "must be 1 to 5"));
+            }
+            match (&nats.tls_cert, &nats.tls_key) {
+                (Some(_), None) => p.push(ConfigProblem::new(
+                    "nats.tls_key",
+                    "tls_cert needs tls_key (the certificate's private key)",
+                )),
+                (None, Some(_)) => p.push(ConfigProblem::new(
+                    "nats.tls_cert",
+                    "tls_key needs tls_cert (the client certificate)",
+                )),
+                _ => {}
+            }
+            for (key, file) in [
+                ("nats.tls_ca", &nats.tls_ca),
+                ("nats.tls_cert", &nats.tls_cert),
+                ("nats.tls_key", &nats.tls_key),
+            ] {
+                if let Some(file) = file {
+                    let path = self.resolve(file);
+                    if let Err(e) = std::fs::File::open(&path) {
+                        p.push(ConfigProblem::new(
+                            key,
+                            format!("cannot read {}: {e}", path.display()),
+                        ));
+                    }
+                }
             }
             if nats.heartbeat_interval < Duration::from_secs(1) {
                 p.push(ConfigProblem::new(
@@ -592,6 +649,14 @@ impl Config {
         for (i, judge) in self.judge.iter().enumerate() {
             let path = format!("judge[{i}]");
             judge.problems(&path, &mut p);
+            if let Some(file) = &judge.ca_file
+                && let Err(e) = std::fs::File::open(self.resolve(file))
+            {
+                p.push(ConfigProblem::new(
+                    format!("{path}.ca_file"),
+                    format!("cannot read {}: {e}", self.resolve(file).display()),
+                ));
+            }
             if let Some(first) = scorer_names.insert(&judge.name, path.clone()) {
                 p.push(ConfigProblem::new(
                     format!("{path}.name"),

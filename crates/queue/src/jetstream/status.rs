@@ -93,6 +93,7 @@ impl StatusReader {
                     .caused_by(e)
             })?;
         }
+        connect = crate::jetstream::with_tls(connect, nats);
         let urls: Vec<&str> = url
             .split(',')
             .map(str::trim)
