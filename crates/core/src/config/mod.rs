@@ -675,8 +675,35 @@ impl Config {
         }
         let profiles = self.profile_names();
         let mut tenant_names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut token_sources: BTreeMap<String, usize> = BTreeMap::new();
         for (i, tenant) in self.tenant.iter().enumerate() {
             tenant.problems(&format!("tenant[{i}]"), &profiles, &mut p);
+            // Two tenants reading one source would share a token (the gateway also refuses two
+            // equal tokens at start, wherever they come from).
+            let source = match (&tenant.token_env, &tenant.token_file) {
+                (Some(var), _) => Some(("token_env", format!("env:{var}"))),
+                (None, Some(file)) => {
+                    let path = self.resolve(file);
+                    if let Err(e) = std::fs::File::open(&path) {
+                        p.push(ConfigProblem::new(
+                            format!("tenant[{i}].token_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        ));
+                    }
+                    Some(("token_file", format!("file:{}", path.display())))
+                }
+                (None, None) => None,
+            };
+            if let Some((key, source)) = source
+                && let Some(first) = token_sources.insert(source, i)
+            {
+                p.push(ConfigProblem::new(
+                    format!("tenant[{i}].{key}"),
+                    format!(
+                        "the same token source as tenant[{first}]; each tenant needs its own token"
+                    ),
+                ));
+            }
             if let Some(first) = tenant_names.insert(&tenant.name, i) {
                 p.push(ConfigProblem::new(
                     format!("tenant[{i}].name"),

@@ -190,7 +190,9 @@ fn tenants_are_checked_with_their_key_paths() {
     let text = format!(
         "{GOOD}\n[[tenant]]\nname = \"a\"\ntoken_env = \"A\"\nprofiles = [\"format\"]\n\n\
          [[tenant]]\nname = \"a\"\nprofiles = [\"nope\"]\nmax_sessions = 0\n\n\
-         [[tenant]]\nname = \"c\"\ntoken_env = \"C\"\ntoken_file = \"c.token\"\ncandidates_per_second = 0\n"
+         [[tenant]]\nname = \"c\"\ntoken_env = \"C\"\ntoken_file = \"c.token\"\ncandidates_per_second = 0\n\n\
+         [[tenant]]\nname = \"d\"\ntoken_env = \"A\"\n\n\
+         [[tenant]]\nname = \"e\"\ntoken_file = \"/nonexistent/e.token\"\n"
     );
     let Err(ConfigError::Invalid(problems)) = Config::from_toml(&text) else {
         panic!("expected problems");
@@ -203,6 +205,8 @@ fn tenants_are_checked_with_their_key_paths() {
         "tenant[1].max_sessions",
         "tenant[2].token_file",
         "tenant[2].candidates_per_second",
+        "tenant[3].token_env",
+        "tenant[4].token_file",
     ] {
         assert!(paths.contains(&path), "{path} missing from {paths:?}");
     }
