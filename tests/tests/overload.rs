@@ -213,3 +213,46 @@ async fn one_long_session_keeps_the_gateway_memory_flat() {
         "the gateway grew with the session's history: {early} KiB after a fifth, peak {peak} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_on_both_listeners() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port().unwrap();
+    let (_gw, grpc) = gateway(
+        dir.path(),
+        &format!("max_connections = 2\nhttp_listen = \"127.0.0.1:{http}\"\n"),
+        "",
+    );
+    for port in [grpc, http] {
+        let _a = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _b = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut third = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the third connection is closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "port {port}: the third connection was served");
+    }
+    // Their slots came back when the test's connections closed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .unwrap();
+    s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let mut client = client(grpc).await;
+    open(&mut client, "after").await.unwrap();
+}

@@ -21,12 +21,12 @@ use rewardfleet_core::config::{Config, NormalizeKind};
 use rewardfleet_core::{Candidate, ChatMessage, Reward, RewardStatus};
 use rewardfleet_telemetry::TraceContext;
 use serde_json::{Map, Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::server::Connection;
 use crate::tls::ReloadingTls;
 use crate::{Caller, Gateway};
 
@@ -1046,14 +1046,23 @@ pub async fn serve_http(
     };
     tokio::spawn(drain);
     let stop = drained.clone().cancelled_owned();
+    let max = api.inner.gateway.inner.transport.max_connections;
+    let slots = Arc::new(Semaphore::new(max as usize));
     let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
         None => Box::pin(
-            axum::serve(listener, api.router())
-                .with_graceful_shutdown(stop)
-                .into_future(),
+            axum::serve(
+                CountedListener {
+                    listener,
+                    slots,
+                    max,
+                },
+                api.router(),
+            )
+            .with_graceful_shutdown(stop)
+            .into_future(),
         ),
         Some(tls) => Box::pin(
-            axum::serve(TlsListener::new(listener, tls), api.router())
+            axum::serve(TlsListener::new(listener, tls, slots), api.router())
                 .with_graceful_shutdown(stop)
                 .into_future(),
         ),
@@ -1067,16 +1076,72 @@ pub async fn serve_http(
     }
 }
 
+/// A slot of `gateway.max_connections` for an accepted connection; none free: the connection
+/// is closed at once (and counted in `rewardfleet_refused_total`).
+fn connection_slot(slots: &Arc<Semaphore>, max: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = Arc::clone(slots).try_acquire_owned().ok();
+    if slot.is_none() {
+        tracing::debug!(
+            max,
+            "refusing an HTTP connection: gateway.max_connections reached"
+        );
+        if let Some(m) = rewardfleet_telemetry::metrics() {
+            m.refused.add(
+                1,
+                &[rewardfleet_telemetry::metrics::label(
+                    "limit",
+                    "gateway.max_connections",
+                )],
+            );
+        }
+    }
+    slot
+}
+
+/// The plaintext HTTP listener, at most `max` connections open at once.
+struct CountedListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    max: u32,
+}
+
+impl axum::serve::Listener for CountedListener {
+    type Io = Connection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    if let Some(slot) = connection_slot(&self.slots, self.max) {
+                        return (Connection::plain(stream, slot), addr);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
 /// The HTTP listener over TLS: connections are accepted and handshaken by a task of their own
-/// (a slow or plaintext client holds up no other; a failed handshake closes the connection).
+/// (a slow or plaintext client holds up no other; a failed handshake closes the connection),
+/// at most `gateway.max_connections` open at once.
 struct TlsListener {
     /// Handshaken connections waiting for the server: at most 64.
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    ready: tokio::sync::mpsc::Receiver<(Connection, std::net::SocketAddr)>,
     addr: std::io::Result<std::net::SocketAddr>,
 }
 
 impl TlsListener {
-    fn new(listener: TcpListener, tls: ReloadingTls) -> Self {
+    fn new(listener: TcpListener, tls: ReloadingTls, slots: Arc<Semaphore>) -> Self {
+        let max = slots.available_permits() as u32;
         let addr = listener.local_addr();
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -1092,13 +1157,16 @@ impl TlsListener {
                         }
                     },
                 };
+                let Some(slot) = connection_slot(&slots, max) else {
+                    continue;
+                };
                 let acceptor = tls.acceptor();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout(Duration::from_secs(10), handshake).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
+                            let _ = tx.send((Connection::tls(stream, slot), peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "HTTP TLS handshake failed"),
                         Err(_) => tracing::debug!("HTTP TLS handshake timed out"),
@@ -1111,7 +1179,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Connection;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -329,6 +329,25 @@ enum Io {
 }
 
 impl Connection {
+    /// A plaintext connection holding `slot`.
+    pub(crate) fn plain(stream: TcpStream, slot: OwnedSemaphorePermit) -> Self {
+        Self {
+            io: Io::Plain(stream),
+            _slot: slot,
+        }
+    }
+
+    /// A TLS connection holding `slot`.
+    pub(crate) fn tls(
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            io: Io::Tls(Box::new(stream)),
+            _slot: slot,
+        }
+    }
+
     fn tcp(&self) -> &TcpStream {
         match &self.io {
             Io::Plain(s) => s,
