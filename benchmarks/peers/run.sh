@@ -35,8 +35,9 @@ RESULTS=$OUT/results.jsonl
 # The peer's packages (installed into the set-up's virtualenv; torch and transformers pinned).
 "$RF_PYTHON" -m pip install -q -c <("$RF_PYTHON" -m pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==') \
   -r benchmarks/peers/requirements.txt
-cargo build --release -q -p rewardfleet-cli
-RF=$CARGO_TARGET_DIR/release/rewardfleet
+# RF_BIN: a rewardfleet binary already built (skips the build).
+RF=${RF_BIN:-$CARGO_TARGET_DIR/release/rewardfleet}
+[ -n "${RF_BIN:-}" ] || cargo build --release -q -p rewardfleet-cli
 
 for size in $SIZES; do
   [ -f "$OUT/models/llama-$size/DONE" ] || "$RF_PYTHON" benchmarks/peers/make_models.py "$OUT/models" --size "$size"
