@@ -156,6 +156,7 @@ fn a_sweep_gives_one_row_per_level_and_a_rate_keeps_its_pace() {
     for (row, level) in rows.iter().zip([1.0, 2.0, 8.0]) {
         assert_eq!(n(row, &["concurrency"]), level);
         assert!(n(row, &["requests"]) > 0.0, "{row}");
+        assert!(n(row, &["steady_candidates_per_s"]) > 0.0, "{row}");
         check_consistent(row);
     }
 

@@ -482,6 +482,12 @@ struct Recorder {
     last_done: Option<Instant>,
     /// Candidates answered so far (warm-up included), for the progress bar.
     answered: u64,
+    /// When each answer came (warm-up included) and how many candidates it answered.
+    answers: Vec<(Instant, u64)>,
+    /// The latest start of a measured request.
+    last_sent: Option<Instant>,
+    /// The window's end: its `--duration`, or the start of its last request with `--requests`.
+    window_close: Option<Instant>,
 }
 
 impl Recorder {
@@ -498,9 +504,20 @@ impl Recorder {
     ) {
         let now = Instant::now();
         self.answered += n as u64;
+        if outcome.is_ok() {
+            match &per_candidate {
+                Some(latencies) => self.answers.extend(
+                    latencies
+                        .iter()
+                        .map(|l| (sent + Duration::from_secs_f64(l / 1e3), 1)),
+                ),
+                None => self.answers.push((now, n as u64)),
+            }
+        }
         if !measured {
             return;
         }
+        self.last_sent = Some(self.last_sent.map_or(sent, |t| t.max(sent)));
         self.requests += 1;
         self.candidates += n as u64;
         self.tokens += tokens as u64;
@@ -605,6 +622,9 @@ struct Report {
     requests_per_s: f64,
     candidates_per_s: f64,
     tokens_per_s: f64,
+    /// Candidates answered inside the window (of any request, warm-up included) per second of
+    /// window: the steady-state throughput, unbiased by latencies close to the window's length.
+    steady_candidates_per_s: f64,
     statuses: Statuses,
     latency_ms: Latency,
     /// The first distinct errors.
@@ -623,6 +643,18 @@ impl Report {
             } else {
                 0.0
             }
+        };
+        let steady = match (rec.window_start, rec.window_close) {
+            (Some(start), Some(close)) if close > start => {
+                let inside: u64 = rec
+                    .answers
+                    .iter()
+                    .filter(|(at, _)| (start..=close).contains(at))
+                    .map(|(_, n)| n)
+                    .sum();
+                inside as f64 / (close - start).as_secs_f64()
+            }
+            _ => 0.0,
         };
         Self {
             api: api.name(),
@@ -643,6 +675,7 @@ impl Report {
             requests_per_s: per(rec.requests),
             candidates_per_s: per(rec.candidates),
             tokens_per_s: per(rec.tokens),
+            steady_candidates_per_s: steady,
             statuses: Statuses {
                 ok: rec.ok,
                 degraded: rec.degraded,
@@ -679,6 +712,10 @@ impl Report {
         println!(
             "  throughput: {:.1} candidates/s, {:.0} tokens/s, {:.1} requests/s",
             self.candidates_per_s, self.tokens_per_s, self.requests_per_s
+        );
+        println!(
+            "  steady state: {:.1} candidates/s answered inside the window",
+            self.steady_candidates_per_s
         );
         println!(
             "  statuses: {} ok, {} degraded, {} failed, {} without reward (request errors)",
@@ -866,6 +903,15 @@ fn clock(args: &BenchArgs) -> Clock {
     }
 }
 
+/// The window's end: its `--duration`, or with `--requests` the start of its last request when
+/// that came first.
+fn window_close(clock: &Clock, rec: &Recorder) -> Instant {
+    match (clock.max_requests, rec.last_sent) {
+        (Some(_), Some(last)) => last.min(clock.end),
+        _ => clock.end,
+    }
+}
+
 /// A progress bar over the run's seconds (drawn only on a terminal), until `done` fires.
 fn progress(clock: Clock, recorder: Arc<Mutex<Recorder>>) -> tokio::task::JoinHandle<()> {
     let start = Instant::now();
@@ -963,6 +1009,7 @@ async fn run_calls(
     while tasks.join_next().await.is_some() {}
     bar.abort();
     let mut rec = recorder.lock().await;
+    rec.window_close = Some(window_close(&clock, &rec));
     std::mem::take(&mut *rec)
 }
 
@@ -1131,6 +1178,7 @@ async fn run_stream(
         bail!("the Score stream ended before the session closed");
     }
     let mut rec = recorder.lock().await;
+    rec.window_close = Some(window_close(&clock, &rec));
     Ok(std::mem::take(&mut *rec))
 }
 
