@@ -7,8 +7,8 @@ import sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 key = lambda r: (r["size"], r["dtype"], r["traffic"])  # noqa: E731
 peer = {key(r): r for r in rows if r["server"] == "serve_rm"}
-print("| model | dtype | traffic | server (client) | candidates/s | p50 ms | p99 ms | errors | × serve_rm (cand/s) |")
-print("|---|---|---|---|---:|---:|---:|---:|---:|")
+print("| model | dtype | traffic | server (client) | candidates/s | steady cand/s | p50 ms | p99 ms | errors | × serve_rm (cand/s) |")
+print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     p = r["latency_ms"]["candidate"]
     base = peer.get(key(r))
@@ -17,5 +17,7 @@ for r in rows:
         ratio = "1.00×"
     client = "OpenRLHF HTTP" if r["server"] == "serve_rm" else ("/get_reward" if r["via"] == "http" else "gRPC Score")
     traffic = "1-query, 64 in flight, lognormal 200/0.8/1024" if r["traffic"] == "trainer" else f"64-query, uniform 256, {r['concurrency']} in flight"
-    print(f"| {r['size']} | {r['dtype']} | {traffic} | {r['server']} ({client}) | {r['candidates_per_s']:.1f} "
+    steady = r.get("steady_candidates_per_s")
+    steady = f"{steady:.1f}" if steady is not None else "—"
+    print(f"| {r['size']} | {r['dtype']} | {traffic} | {r['server']} ({client}) | {r['candidates_per_s']:.1f} | {steady} "
           f"| {p['p50']:.0f} | {p['p99']:.0f} | {r['statuses']['error']} | {ratio} |")
