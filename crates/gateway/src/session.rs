@@ -437,6 +437,7 @@ impl Gateway {
             profile,
             window: window as usize,
             delivered: RecentIds::new(remembered),
+            retired: RecentIds::new(remembered),
             tenant: caller,
             ..Default::default()
         })
@@ -469,11 +470,14 @@ impl Gateway {
             t.check_profile(&profile)?;
             t.admit(candidates.len())?;
         }
-        // Ids in flight are in `seen`; ids rewarded recently in `delivered`.
+        // Ids in flight are in `seen`; ids submitted on this stream and rewarded recently in
+        // `retired`. A reward replayed from the session's record does not count: a resuming
+        // client sends again the batches it was not told were accepted, and their candidates
+        // may have been scored meanwhile (the queue's dedup and `delivered` make that harmless).
         if let Some((i, c)) = candidates
             .iter()
             .enumerate()
-            .find(|(_, c)| session.delivered.contains(&c.id))
+            .find(|(_, c)| session.retired.contains(&c.id))
         {
             return Err(GatewayError::InvalidArgument {
                 field: format!("batch.candidates[{i}].id"),
@@ -659,8 +663,11 @@ impl Gateway {
             if !session.delivered.insert(reward.candidate_id.clone()) {
                 continue;
             }
-            // Rewarded: its id moves from `seen` (in flight) to `delivered` (recent).
-            session.seen.remove(&reward.candidate_id);
+            // Rewarded: an id submitted on this stream moves from `seen` (in flight) to
+            // `retired` (recent).
+            if session.seen.remove(&reward.candidate_id) {
+                session.retired.insert(reward.candidate_id.clone());
+            }
             session.rewards_sent += 1;
             if session.owed.remove(&reward.candidate_id) {
                 self.inner.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -810,6 +817,9 @@ struct Session {
     /// Ids of the rewards sent most recently on this stream (duplicates of them are dropped, and
     /// they cannot be submitted again); at most `4 × window + limits.max_batch_candidates`.
     delivered: RecentIds,
+    /// Ids submitted on this stream whose rewards were sent most recently (they cannot be
+    /// submitted again); as bounded as `delivered`.
+    retired: RecentIds,
     /// Rewards sent on this stream.
     rewards_sent: u64,
     /// Ids submitted on this stream and not yet rewarded (with `delivered`, what makes ids
@@ -843,6 +853,7 @@ impl Default for Session {
             window: 0,
             owed: HashSet::new(),
             delivered: RecentIds::new(0),
+            retired: RecentIds::new(0),
             rewards_sent: 0,
             seen: HashSet::new(),
             pending: VecDeque::new(),
