@@ -277,22 +277,30 @@ pub(super) async fn read_bucket<T: DeserializeOwned>(
     js: &jetstream::Context,
     bucket: &str,
 ) -> Result<Vec<T>, QueueError> {
-    match js.get_stream(format!("KV_{bucket}")).await {
-        Ok(_) => {}
+    let stream = match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(stream) => stream,
         Err(e) if is_stream_not_found(&e) => return Ok(Vec::new()),
         Err(e) => return Err(unavailable(&format!("heartbeat bucket {bucket:?}"), e)),
-    }
+    };
     let store = js
         .get_key_value(bucket)
         .await
         .map_err(|e| unavailable(&format!("heartbeat bucket {bucket:?}"), e))?;
-    let keys: Vec<String> = store
-        .keys()
+    // The keys from the stream's subjects (plain requests), not from `Store::keys`: its
+    // ordered consumer can wait forever for entries that expired while it was being made.
+    let prefix = format!("$KV.{bucket}.");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| unavailable(&format!("keys of {bucket:?}"), e))?
         .try_collect()
         .await
         .map_err(|e| unavailable(&format!("keys of {bucket:?}"), e))?;
+    let mut keys: Vec<String> = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    keys.sort();
     let mut values = Vec::with_capacity(keys.len());
     for key in keys {
         // An entry may expire between listing and reading: then it is simply gone.
