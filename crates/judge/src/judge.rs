@@ -18,6 +18,7 @@ use crate::JudgeError;
 use crate::breaker::CircuitOpen;
 use crate::cache::{Answer, Cache, CacheKey};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
+use crate::limits::Limits;
 use crate::stack::{self, JudgeService};
 
 /// Token usage and calls of one judge since the process started.
@@ -54,6 +55,8 @@ pub(crate) struct Judge {
     pub(crate) config: JudgeConfig,
     service: JudgeService,
     http: HttpJudge,
+    /// This process's share of the endpoint's limits.
+    pub(crate) limits: Limits,
     cache: Arc<Cache>,
     /// Identity of the endpoint and its sampling, part of every cache key.
     fingerprint: String,
@@ -72,7 +75,8 @@ impl Judge {
         api_key: Option<&str>,
         cache: Arc<Cache>,
     ) -> Result<Self, JudgeError> {
-        let (service, http) = stack::build(config, api_key)?;
+        let limits = Limits::new(config);
+        let (service, http) = stack::build(config, api_key, &limits)?;
         let s = &config.sampling;
         let identity = format!(
             "{}\n{}\n{}\n{:?}\n{:?}\n{}\n{:?}",
@@ -90,6 +94,7 @@ impl Judge {
             config: config.clone(),
             service,
             http,
+            limits,
             cache,
             fingerprint: hex::encode(Sha256::digest(identity.as_bytes())),
             calls: AtomicU64::new(0),
@@ -136,7 +141,7 @@ impl Judge {
         }
     }
 
-    /// Asks the judge, from the cache when it can. `template` names the method's prompt (part of
+    /// Asks the judge, from the cache when it can (never for a [`ScoreContext::fresh`] one). `template` names the method's prompt (part of
     /// the cache key). Answers that `accept` takes are kept for `cache_ttl`; answers it does not
     /// take, and requests the endpoint refuses for what they contain, are kept for
     /// `failure_cache_ttl`, so that the same judgement asked again (a redelivered job) fails the
@@ -155,7 +160,8 @@ impl Judge {
     ) -> Result<Completion, ScoreError> {
         let ttl = self.config.cache_ttl;
         let failure_ttl = self.config.failure_cache_ttl;
-        let key = (!ttl.is_zero() || !failure_ttl.is_zero())
+        // No key, no cache: a fresh judgement (a canary) is neither read nor kept.
+        let key = (!ctx.fresh && (!ttl.is_zero() || !failure_ttl.is_zero()))
             .then(|| CacheKey::new(&self.fingerprint, template, &req));
         let cached = match &key {
             Some(key) => self.cache.get(key, ttl, failure_ttl).await,

@@ -29,6 +29,7 @@ mod cache;
 mod client;
 pub mod injection;
 mod judge;
+mod limits;
 mod method;
 mod stack;
 mod tokens;
@@ -45,6 +46,7 @@ pub use cache::{Answer, CacheKey, JudgeCache, MemoryCache, StoredAnswer, Verdict
 pub use client::{ChatRequest, ChatTurn, Completion, TokenLogprobs, TokenUsage};
 pub use injection::{INJECTION_FLAG, INJECTION_JUDGE_FLAG, INJECTION_SCREEN_FLAG};
 pub use judge::JudgeUsage;
+pub use limits::FleetShare;
 pub use method::{
     Aggregate, DISAGREEMENT_FLAG, FACTUALITY_ABSTAINED_FLAG, FACTUALITY_SUPPORTED_FLAG,
     FACTUALITY_TRUNCATED_FLAG, Method, NO_LOGPROBS_FLAG, NO_OPPONENT_FLAG, OnInjection,
@@ -177,6 +179,26 @@ impl JudgeSet {
             return Err(problems);
         }
         Ok(Arc::new(JudgeScorer { spec, judges }))
+    }
+
+    /// Takes `share` of judge `name`'s `max_concurrency`, `requests_per_second` and
+    /// `tokens_per_minute` (see [`FleetShare`]); logs the new limits when they change. An unknown
+    /// name is ignored.
+    pub fn set_fleet_share(&self, name: &str, share: FleetShare) {
+        let Some(judge) = self.get(name) else {
+            return;
+        };
+        if judge.limits.apply(share) {
+            let (concurrency, requests_per_second, tokens_per_minute) = judge.limits.current();
+            tracing::info!(
+                judge = name,
+                workers = share.workers,
+                concurrency,
+                requests_per_second,
+                tokens_per_minute,
+                "judge limits shared with the fleet's workers"
+            );
+        }
     }
 
     /// Token usage so far, per judge (for the `score` summary and metrics).

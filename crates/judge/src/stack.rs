@@ -11,7 +11,6 @@ use rewardfleet_core::ScoreError;
 use rewardfleet_core::config::JudgeConfig;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
-use tower::limit::RateLimitLayer;
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::{Policy, RetryLayer};
@@ -23,6 +22,7 @@ use crate::admission::AdmissionLayer;
 use crate::attempts::AttemptsLayer;
 use crate::breaker::{CircuitBreakerLayer, CircuitOpen};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
+use crate::limits::{ConcurrencyLayer, Limits, RequestRateLayer};
 use crate::tokens::TokenRateLimitLayer;
 
 /// The whole stack of one endpoint, cheap to clone (clones share limits, budget and breaker).
@@ -32,6 +32,7 @@ pub(crate) type JudgeService = BoxCloneSyncService<ChatRequest, Completion, BoxE
 pub(crate) fn build(
     config: &JudgeConfig,
     api_key: Option<&str>,
+    limits: &Limits,
 ) -> Result<(JudgeService, HttpJudge), JudgeError> {
     let http = HttpJudge::new(config, api_key)?;
     let invalid = |message: String| JudgeError::Config {
@@ -57,7 +58,6 @@ pub(crate) fn build(
         backoff: backoff.clone().make_backoff(),
         deposited: false,
     };
-    let (rate_num, rate_per) = rate(config.requests_per_second);
     if !config.deadline.is_zero() && config.deadline < config.timeout {
         return Err(invalid(
             "deadline is shorter than the per-attempt timeout".into(),
@@ -77,16 +77,13 @@ pub(crate) fn build(
         // every profile component share one set of limits. Admission above keeps it from ever
         // holding more than `queue_capacity`, so callers only wait here for the worker's turn.
         .buffer(config.queue_capacity)
-        // At most `max_concurrency` judgements in flight to the endpoint. Above the retry layer,
-        // so a judgement's retries reuse its slot and the endpoint never sees more than this.
-        .concurrency_limit(config.max_concurrency)
-        // `requests_per_second`, spread over windows of 100 ms or more rather than one burst a second.
-        .layer(RateLimitLayer::new(rate_num, rate_per))
-        // `tokens_per_minute`: charged with an estimate, corrected by the reported usage.
-        .layer(TokenRateLimitLayer::new(
-            config.tokens_per_minute,
-            config.sampling.max_tokens,
-        ))
+        // This worker's share of `max_concurrency` judgements in flight to the endpoint (see
+        // `limits.rs`). Above the retry layer, so a judgement's retries reuse its slot and the
+        // endpoint never sees more than the fleet's limit.
+        .layer(ConcurrencyLayer::new(limits))
+        // This worker's share of `tokens_per_minute`: charged with an estimate, corrected by
+        // the reported usage.
+        .layer(TokenRateLimitLayer::new(limits, config.sampling.max_tokens))
         // Circuit breaker: after `circuit_breaker_failures` failed judgements in a row, refuse
         // calls for `circuit_breaker_open_for`, then let one probe through. Above retry, so it
         // counts judgements that failed after their retries, not single attempts.
@@ -102,6 +99,9 @@ pub(crate) fn build(
         // with jitter, at least `Retry-After` for 429/503, at most `max_retries`, within the
         // retry budget, and never past the request's deadline.
         .layer(RetryLayer::new(retry))
+        // This worker's share of `requests_per_second`, for every attempt (what the endpoint
+        // sees), spread over the second rather than sent in one burst.
+        .layer(RequestRateLayer::new(limits))
         // Each attempt's span, outcome, latency and tokens (timeouts included).
         .layer(AttemptsLayer::new(
             &config.name,
@@ -112,17 +112,6 @@ pub(crate) fn build(
         .timeout(config.timeout)
         .service(http.clone());
     Ok((BoxCloneSyncService::new(stack), http))
-}
-
-/// `requests_per_second` as tower's `(num, per)`: windows of at least 100 ms, exact on average.
-fn rate(rps: f64) -> (u64, Duration) {
-    let rps = if rps.is_finite() && rps > 0.0 {
-        rps
-    } else {
-        1.0
-    };
-    let num = (rps / 10.0).ceil().max(1.0);
-    (num as u64, Duration::from_secs_f64(num / rps))
 }
 
 /// The retry policy; one clone per judgement (tower clones it per request).
@@ -313,16 +302,5 @@ mod tests {
         let _ = svc.oneshot(request(Duration::from_secs(3))).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 1);
         assert!(start.elapsed() < Duration::from_millis(1));
-    }
-
-    #[test]
-    fn rates_are_exact_on_average() {
-        let (n, per) = rate(50.0);
-        assert_eq!(n, 5);
-        assert!((n as f64 / per.as_secs_f64() - 50.0).abs() < 1e-9);
-        let (n, per) = rate(0.5);
-        assert_eq!((n, per), (1, Duration::from_secs(2)));
-        let (n, per) = rate(15.0);
-        assert!((n as f64 / per.as_secs_f64() - 15.0).abs() < 1e-6);
     }
 }
