@@ -17,6 +17,75 @@ use rewardfleet_queue::jetstream::{
 };
 use serde::Serialize;
 
+/// The monitors' statistics (`!`: over its threshold), for each live worker that sends them:
+/// one row per profile and per recent session; then each judge's canary drift. Empty when no
+/// worker sent any.
+fn monitors(workers: &[WorkerHeartbeat]) -> String {
+    let mut rows = Vec::new();
+    let mut canaries = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for w in workers {
+        let Some(m) = &w.monitor else { continue };
+        for scope in m.profiles.iter().chain(&m.sessions) {
+            let mut row = vec![
+                w.name.clone(),
+                scope.profile.clone(),
+                scope.session.clone().unwrap_or_else(|| "-".into()),
+                scope.samples.to_string(),
+            ];
+            for st in &scope.statistics {
+                if !names.contains(&st.name) {
+                    names.push(st.name.clone());
+                }
+                row.push(format!("{:.3}{}", st.value, if st.over { "!" } else { "" }));
+            }
+            rows.push(row);
+        }
+        for c in &m.canaries {
+            canaries.push(vec![
+                w.name.clone(),
+                c.profile.clone(),
+                c.judge.clone(),
+                format!("{:.3}", c.baseline),
+                format!("{:.3}", c.mean),
+                format!("{:+.3}{}", c.drift, if c.over { "!" } else { "" }),
+                c.runs.to_string(),
+            ]);
+        }
+    }
+    let mut text = String::new();
+    if rows.is_empty() && canaries.is_empty() {
+        return text;
+    }
+    text.push_str("\nreward-hacking monitors (! over its threshold in [worker.monitor])\n");
+    if !rows.is_empty() {
+        let upper: Vec<String> = names.iter().map(|n| n.to_uppercase()).collect();
+        let mut columns = vec![
+            ("WORKER", false),
+            ("PROFILE", false),
+            ("SESSION", false),
+            ("SAMPLES", true),
+        ];
+        columns.extend(upper.iter().map(|n| (n.as_str(), true)));
+        text.push_str(&table(&columns, rows));
+    }
+    if !canaries.is_empty() {
+        text.push_str(&table(
+            &[
+                ("WORKER", false),
+                ("PROFILE", false),
+                ("JUDGE", false),
+                ("CANARY BASELINE", true),
+                ("CANARY MEAN", true),
+                ("DRIFT", true),
+                ("RUNS", true),
+            ],
+            canaries,
+        ));
+    }
+    text
+}
+
 /// How long `status` waits for NATS to answer before it says it cannot reach it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,7 +104,12 @@ With --json, one JSON object (one per line with --watch):
                candidates_failed (only where counted), jobs_retried, jobs_given_up, redeliveries,
                recent {window_secs, candidates_per_sec, candidates_failed_per_sec,
                jobs_per_sec, jobs_retried_per_sec, jobs_given_up_per_sec}, version, started_at,
-               sent_at, interval_secs}
+               sent_at, interval_secs, monitor (absent from workers that do not send it)}
+               monitor: the worker's reward-hacking monitors, {profiles, sessions, canaries}:
+               profiles and sessions (its most recently active, at most 16, each with its
+               session) are {profile, session?, samples, statistics: [{name, value,
+               threshold, over}]}; canaries are {profile, judge, baseline, mean, drift,
+               threshold, over, runs}
   gateways     the live gateways: {name, pid, listen, sessions (open now), candidates_in_flight,
                version, started_at, sent_at, interval_secs}
   throughput   {candidates_per_sec, jobs_per_sec, failure_rate, job_retry_rate}: the sums of
@@ -43,6 +117,8 @@ With --json, one JSON object (one per line with --watch):
                failure_rate: the share of candidates scored in it whose reward was FAILED;
                job_retry_rate: the share of job attempts in it that were handed back for another
                try or given up (each null when there was nothing to divide by)
+  monitors_over  every monitor over its threshold now: {worker, profile, session?, statistic}
+                 (a canary's statistic is canary_drift:<judge>)
 
 A worker or gateway is live while its heartbeat has not expired: it renews it every
 nats.heartbeat_interval and it expires three intervals later (a killed process leaves the list
@@ -155,6 +231,36 @@ struct Snapshot {
     workers: Vec<WorkerHeartbeat>,
     gateways: Vec<GatewayHeartbeat>,
     throughput: Throughput,
+    monitors_over: Vec<MonitorOver>,
+}
+
+/// A reward-hacking monitor over its threshold on a live worker.
+#[derive(Debug, PartialEq, Serialize)]
+struct MonitorOver {
+    worker: String,
+    profile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    statistic: String,
+}
+
+impl MonitorOver {
+    fn of(workers: &[WorkerHeartbeat]) -> Vec<Self> {
+        workers
+            .iter()
+            .flat_map(|w| {
+                w.monitor
+                    .iter()
+                    .flat_map(|m| m.over())
+                    .map(|(profile, session, statistic)| Self {
+                        worker: w.name.clone(),
+                        profile,
+                        session,
+                        statistic,
+                    })
+            })
+            .collect()
+    }
 }
 
 /// A pool's lag with the number of its live workers.
@@ -222,6 +328,7 @@ impl Snapshot {
             jobs_stream,
             pools,
             throughput: Throughput::of(&workers),
+            monitors_over: MonitorOver::of(&workers),
             workers,
             gateways,
         })
@@ -383,6 +490,7 @@ fn render(s: &Snapshot) -> String {
             rows,
         ));
     }
+    text.push_str(&monitors(&s.workers));
     text.push('\n');
     let t = &s.throughput;
     let percent =
@@ -498,6 +606,7 @@ mod tests {
             started_at: 1000,
             sent_at: 1060,
             interval_secs: 5.0,
+            monitor: None,
         }
     }
 
@@ -576,6 +685,7 @@ mod tests {
                 interval_secs: 5.0,
             }],
             throughput: Throughput::default(),
+            monitors_over: Vec::new(),
         };
         let text = render(&snapshot);
         assert!(
@@ -589,6 +699,64 @@ mod tests {
         assert!(
             text.contains("- of candidates FAILED, - of job attempts retried"),
             "{text}"
+        );
+        assert!(!text.contains("reward-hacking"), "no monitors sent: {text}");
+    }
+
+    #[test]
+    fn monitors_over_their_threshold_are_marked_and_listed() {
+        use rewardfleet_queue::jetstream::{
+            CanaryDrift, MonitorScope, MonitorStatistic, MonitorSummary,
+        };
+        let scope = |session: Option<&str>, value: f64, over: bool| MonitorScope {
+            profile: "policy".into(),
+            session: session.map(Into::into),
+            samples: 120,
+            statistics: vec![MonitorStatistic {
+                name: "length_correlation".into(),
+                value,
+                threshold: 0.5,
+                over,
+            }],
+        };
+        let mut w = worker("w-1", RecentRates::default());
+        w.monitor = Some(MonitorSummary {
+            profiles: vec![scope(None, 0.31, false)],
+            sessions: vec![scope(Some("gaming"), 0.97, true)],
+            canaries: vec![CanaryDrift {
+                profile: "policy".into(),
+                judge: "judge".into(),
+                baseline: 0.5,
+                mean: 0.75,
+                drift: 0.25,
+                threshold: 0.1,
+                over: true,
+                runs: 4,
+            }],
+        });
+        let text = monitors(std::slice::from_ref(&w));
+        assert!(text.contains("LENGTH_CORRELATION"), "{text}");
+        assert!(text.contains("0.310\n"), "{text}");
+        assert!(text.contains("gaming"), "{text}");
+        assert!(text.contains("0.970!"), "{text}");
+        assert!(text.contains("+0.250!"), "{text}");
+        let over = MonitorOver::of(&[w]);
+        assert_eq!(
+            over,
+            [
+                MonitorOver {
+                    worker: "w-1".into(),
+                    profile: "policy".into(),
+                    session: Some("gaming".into()),
+                    statistic: "length_correlation".into(),
+                },
+                MonitorOver {
+                    worker: "w-1".into(),
+                    profile: "policy".into(),
+                    session: None,
+                    statistic: "canary_drift:judge".into(),
+                },
+            ]
         );
     }
 

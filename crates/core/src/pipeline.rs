@@ -51,6 +51,7 @@ impl Pipeline {
             session_id: job.session_id.clone(),
             job_id: job.job_id.clone(),
             profile: job.profile.clone(),
+            fresh: false,
         };
         let groups = into_groups(job.candidates.clone());
         let spans = profile.component_spans(job.candidates.len());

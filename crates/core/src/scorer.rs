@@ -13,6 +13,9 @@ pub struct ScoreContext {
     pub job_id: String,
     /// The profile being scored.
     pub profile: String,
+    /// Ask afresh: judges neither read nor write their verdict cache (canary runs, which
+    /// watch a judge's answers change over time; a kept verdict would hide the change).
+    pub fresh: bool,
 }
 
 /// One scorer's value for one candidate.

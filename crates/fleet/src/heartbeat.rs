@@ -16,7 +16,7 @@ use rewardfleet_queue::QueueError;
 use rewardfleet_queue::jetstream::{
     GatewayHeartbeat, Heartbeat, RecentRates, Role, WorkerHeartbeat,
 };
-use rewardfleet_worker::WorkerStats;
+use rewardfleet_worker::{Monitor, WorkerStats};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -69,13 +69,14 @@ impl HeartbeatTask {
 }
 
 /// The heartbeat of a worker named `name`, reporting `stats` with the configuration's pool,
-/// capacity, models and judges, and its rates over each interval.
+/// capacity, models and judges, its rates over each interval, and its `monitor`s' summary.
 pub(crate) fn worker(
     queue: JetStreamQueue,
     config: &Config,
     nats: &NatsConfig,
     name: String,
     stats: Arc<WorkerStats>,
+    monitor: Arc<Monitor>,
 ) -> HeartbeatTask {
     let started_at = unix_now();
     let interval_secs = nats.heartbeat_interval.as_secs_f64();
@@ -112,6 +113,7 @@ pub(crate) fn worker(
             started_at,
             sent_at: unix_now(),
             interval_secs,
+            monitor: Some(monitor.summary()),
         }
     })
 }

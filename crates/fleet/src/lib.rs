@@ -519,6 +519,7 @@ pub async fn run_worker(
         ));
     }
     let queue = connect(config, "worker", secrets).await?;
+    let monitor = rewardfleet_worker::Monitor::new(config.worker.monitor.clone());
     let heartbeat = config.nats.as_ref().map(|nats| {
         heartbeat::worker(
             queue.clone(),
@@ -526,6 +527,7 @@ pub async fn run_worker(
             nats,
             options.name.clone(),
             Arc::clone(&options.stats),
+            Arc::clone(&monitor),
         )
     });
     // The pool's consumer lag, as gauges for autoscalers and dashboards.
@@ -546,7 +548,8 @@ pub async fn run_worker(
             config.worker.clone(),
             options.name,
             options.stats,
-        );
+        )
+        .with_monitor(monitor);
         Ok(worker.run(shutdown).await?)
     }
     .await;

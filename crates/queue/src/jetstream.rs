@@ -56,7 +56,8 @@ mod status;
 
 pub use crate::DEAD_LETTER_WORKER;
 pub use heartbeat::{
-    GatewayHeartbeat, Heartbeat, RecentRates, Role, TTL_FACTOR, WorkerHeartbeat, heartbeat_key,
+    CanaryDrift, GatewayHeartbeat, Heartbeat, MonitorScope, MonitorStatistic, MonitorSummary,
+    RecentRates, Role, SUMMARY_SESSIONS, TTL_FACTOR, WorkerHeartbeat, heartbeat_key,
 };
 pub use status::{JobsStreamStatus, PoolLag, StatusReader};
 

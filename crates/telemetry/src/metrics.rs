@@ -4,10 +4,10 @@
 //! Call [`install`] once the process's meter provider is set; until then [`metrics`] is `None` and
 //! nothing is recorded.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError, Weak};
 
 pub use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge, UpDownCounter};
 
 /// Latency buckets in seconds, for stages that take from half a millisecond (a rule, a cached
 /// verdict) to minutes (a judge behind retries, a job queued behind a backlog).
@@ -89,8 +89,31 @@ pub struct Metrics {
     pub cache_lookups: Counter<u64>,
     /// `rewardfleet_monitor{profile,statistic}`: reward-hacking monitors over a worker's last
     /// rewards (`length_correlation`, `injection_rate`, `position_inconsistency_rate`,
-    /// `panel_disagreement_rate`, `gate_floor_rate`).
+    /// `panel_disagreement_rate`, `gate_floor_rate`); and `{profile,statistic,judge}` for each
+    /// judge component's canaries (`canary_mean`, `canary_drift`).
     pub monitor: Gauge<f64>,
+    /// `rewardfleet_monitor_session{profile,session,statistic}`: the same statistics over one
+    /// session's rewards, for the sessions each worker keeps (`worker.monitor.sessions`, the
+    /// most recently active); read from the [`SessionMonitors`] at each collection, so a
+    /// session the worker forgot leaves the endpoint.
+    pub monitor_session: ObservableGauge<f64>,
+}
+
+/// What reports per-session monitor values when metrics are collected (a worker's monitors).
+pub trait SessionMonitors: Send + Sync {
+    /// Calls `record` with each value and its labels (`profile`, `session`, `statistic`).
+    fn observe_sessions(&self, record: &mut dyn FnMut(f64, &[KeyValue]));
+}
+
+/// The sources of `rewardfleet_monitor_session`; a source dropped is left out (and removed).
+static SESSION_MONITORS: Mutex<Vec<Weak<dyn SessionMonitors>>> = Mutex::new(Vec::new());
+
+/// Adds a source of `rewardfleet_monitor_session`, read for as long as it lives.
+pub fn add_session_monitors(source: Weak<dyn SessionMonitors>) {
+    SESSION_MONITORS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(source);
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -235,6 +258,21 @@ impl Metrics {
                 .with_description(
                     "Reward-hacking monitors over a worker's last rewards, by profile and statistic.",
                 )
+                .build(),
+            monitor_session: m
+                .f64_observable_gauge("rewardfleet_monitor_session")
+                .with_description(
+                    "Reward-hacking monitors over one session's last rewards, for the sessions a worker keeps.",
+                )
+                .with_callback(|gauge| {
+                    let mut sources = SESSION_MONITORS
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    sources.retain(|s| s.strong_count() > 0);
+                    for source in sources.iter().filter_map(Weak::upgrade) {
+                        source.observe_sessions(&mut |v, labels| gauge.observe(v, labels));
+                    }
+                })
                 .build(),
         }
     }

@@ -5,11 +5,13 @@
 //! any point loses nothing: the job is delivered again and JetStream's dedup drops the
 //! duplicate result.
 
+mod canary;
 mod health;
 mod monitor;
 
+pub use canary::CANARY_SESSION;
 pub use health::serve_health;
-pub use monitor::{Monitor, MonitorStats};
+pub use monitor::{CanaryStats, Crossing, Monitor, MonitorStats, SessionStats};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,7 +90,7 @@ impl Worker {
         name: impl Into<String>,
         stats: Arc<WorkerStats>,
     ) -> Self {
-        let monitor = Arc::new(Monitor::new(config.monitor.clone()));
+        let monitor = Monitor::new(config.monitor.clone());
         Self {
             queue,
             pipeline,
@@ -97,6 +99,14 @@ impl Worker {
             stats,
             monitor,
         }
+    }
+
+    /// As it is, reporting into `monitor` (made before the worker, so that its heartbeat can
+    /// describe them from the start).
+    #[must_use]
+    pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Self {
+        self.monitor = monitor;
+        self
     }
 
     /// Its reward-hacking monitors (shared; they keep moving while it runs).
@@ -128,6 +138,7 @@ impl Worker {
             stats: Arc::clone(&self.stats),
             monitor: Arc::clone(&self.monitor),
         });
+        let canaries = self.canaries(shutdown.child_token());
         self.stats.ready.store(true, Ordering::Relaxed);
         tracing::info!(worker = %self.name, pool = %self.config.pool, capacity, "worker pulling");
         loop {
@@ -173,7 +184,41 @@ impl Worker {
             tracing::warn!(worker = %self.name, left = running.len(), "drain deadline passed; unfinished jobs will be redelivered");
             running.abort_all();
         }
+        if let Some(canaries) = canaries {
+            canaries.abort();
+        }
         Ok(())
+    }
+
+    /// Starts the canary runs (`worker.monitor.canary_interval`), until `stop` fires. A canary
+    /// file that cannot be read now (it was when the configuration was checked) is a warning:
+    /// the worker scores without canaries.
+    fn canaries(&self, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let monitor = &self.config.monitor;
+        let interval = monitor.canary_interval;
+        let path = monitor.canaries.as_ref()?;
+        if interval.is_zero() {
+            return None;
+        }
+        let canaries = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| rewardfleet_core::config::parse_canaries(&text));
+        match canaries {
+            Ok(canaries) => {
+                tracing::info!(worker = %self.name, canaries = canaries.len(), ?interval, "canary runs on");
+                Some(tokio::spawn(canary::run(
+                    self.pipeline.clone(),
+                    Arc::clone(&self.monitor),
+                    canaries,
+                    interval,
+                    stop,
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(worker = %self.name, file = %path.display(), error = %e, "no canary runs: the canary file cannot be used");
+                None
+            }
+        }
     }
 }
 
@@ -325,7 +370,8 @@ impl JobContext {
     /// Counts a scored job's candidates by status and says, once per job, why any failed
     /// (with the trace id, so that the line leads to the job's trace).
     fn observe(&self, job: &Job, rewards: &[Reward], scoring: Duration) {
-        self.monitor.observe(&job.profile, &job.candidates, rewards);
+        self.monitor
+            .observe(&job.profile, &job.session_id, &job.candidates, rewards);
         let failed: Vec<&Reward> = rewards
             .iter()
             .filter(|r| r.status() == RewardStatus::Failed)
@@ -533,6 +579,7 @@ mod tests {
         assert!(stats.length_correlation > 0.99, "{stats:?}");
         let crossed = Monitor::new(monitor.clone()).observe(
             "p",
+            "s",
             &gaming
                 .iter()
                 .enumerate()
@@ -547,7 +594,14 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
         );
-        assert_eq!(crossed, ["length_correlation"]);
+        let crossed: Vec<(Option<&str>, &str)> = crossed
+            .iter()
+            .map(|c| (c.session.as_deref(), c.statistic))
+            .collect();
+        assert_eq!(
+            crossed,
+            [(None, "length_correlation"), (Some("s"), "length_correlation")]
+        );
 
         let steady: Vec<String> = (0..120).map(|_| "4. Done.".to_owned()).collect();
         let stats = monitored(&steady, monitor).await.snapshot()["p"];

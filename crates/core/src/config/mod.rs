@@ -5,6 +5,7 @@
 
 mod judge;
 mod model;
+mod monitor;
 pub mod params;
 mod profile;
 mod tenant;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use judge::{JudgeConfig, SamplingConfig};
 pub use model::{Device, Dtype, ModelConfig, ModelKind, Pooling, TruncationSide};
+pub use monitor::{MAX_MONITORED_SESSIONS, MonitorConfig, parse_canaries};
 pub use params::Params;
 pub use profile::{
     ComponentConfig, ComponentKind, ComponentSource, NormalizeKind, OnFailure, PANEL_PARAMS,
@@ -224,42 +226,6 @@ pub struct WorkerConfig {
     pub monitor: MonitorConfig,
 }
 
-/// Reward-hacking monitors: rolling statistics per profile over the last `window` rewards a
-/// worker produced; each crossing its threshold logs a warning (once, until it goes back under).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MonitorConfig {
-    /// Rewards per profile in the rolling window; 0 turns the monitors off.
-    pub window: usize,
-    /// Rewards in the window before any warning.
-    pub min_samples: usize,
-    /// Pearson correlation of reward with response length above which a policy is likely
-    /// buying reward with verbosity.
-    pub length_correlation: f64,
-    /// Share of rewards flagged as a suspected prompt injection.
-    pub injection_rate: f64,
-    /// Share flagged position-inconsistent by a pairwise judge.
-    pub position_inconsistency_rate: f64,
-    /// Share on which a judge panel disagreed.
-    pub panel_disagreement_rate: f64,
-    /// Share that failed a gate (got the profile's floor).
-    pub gate_floor_rate: f64,
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        Self {
-            window: 1000,
-            min_samples: 200,
-            length_correlation: 0.5,
-            injection_rate: 0.02,
-            position_inconsistency_rate: 0.2,
-            panel_disagreement_rate: 0.25,
-            gate_floor_rate: 0.5,
-        }
-    }
-}
-
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
@@ -407,6 +373,12 @@ impl Config {
             {
                 *file = config.base_dir.join(&*file);
             }
+        }
+        // The worker reads its canaries at start, wherever it runs from.
+        if let Some(file) = config.worker.monitor.canaries.as_mut()
+            && file.is_relative()
+        {
+            *file = config.base_dir.join(&*file);
         }
         if let Some(nats) = config.nats.as_mut() {
             for file in [&mut nats.tls_ca, &mut nats.tls_cert, &mut nats.tls_key]
@@ -628,6 +600,9 @@ impl Config {
                 "use letters, digits, '-' and '_'",
             ));
         }
+        self.worker
+            .monitor
+            .problems("worker.monitor", self, &mut p);
         if self.worker.embedded_queue == 0 {
             p.push(ConfigProblem::new(
                 "worker.embedded_queue",

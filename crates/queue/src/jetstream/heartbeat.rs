@@ -88,6 +88,97 @@ pub struct WorkerHeartbeat {
     pub sent_at: u64,
     /// Its heartbeat interval in seconds (its entry expires [`TTL_FACTOR`] times later).
     pub interval_secs: f64,
+    /// Its reward-hacking monitors (absent from workers that do not send them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorSummary>,
+}
+
+/// A worker's reward-hacking monitors, compact: each statistic with its threshold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorSummary {
+    /// One per profile the worker scored.
+    pub profiles: Vec<MonitorScope>,
+    /// The most recently active sessions (at most [`SUMMARY_SESSIONS`]), most recent first.
+    #[serde(default)]
+    pub sessions: Vec<MonitorScope>,
+    /// Each judge component's drift on the canary candidates, by profile.
+    #[serde(default)]
+    pub canaries: Vec<CanaryDrift>,
+}
+
+/// Sessions a heartbeat describes, at most (the worker may keep more; its metrics show them).
+pub const SUMMARY_SESSIONS: usize = 16;
+
+impl MonitorSummary {
+    /// Every statistic over its threshold: `(profile, session, statistic)` (canaries with the
+    /// statistic `canary_drift:<judge>`).
+    pub fn over(&self) -> Vec<(String, Option<String>, String)> {
+        let scopes = self.profiles.iter().chain(&self.sessions);
+        let mut over: Vec<(String, Option<String>, String)> = scopes
+            .flat_map(|s| {
+                s.statistics
+                    .iter()
+                    .filter(|st| st.over)
+                    .map(|st| (s.profile.clone(), s.session.clone(), st.name.clone()))
+            })
+            .collect();
+        over.extend(
+            self.canaries
+                .iter()
+                .filter(|c| c.over)
+                .map(|c| (c.profile.clone(), None, format!("canary_drift:{}", c.judge))),
+        );
+        over
+    }
+}
+
+/// A profile's (or one of its sessions') window of rewards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorScope {
+    /// The profile.
+    pub profile: String,
+    /// The session, for a session's own window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Rewards in the window.
+    pub samples: usize,
+    /// Each statistic of the window.
+    pub statistics: Vec<MonitorStatistic>,
+}
+
+/// One statistic of a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorStatistic {
+    /// `length_correlation`, `injection_rate`, `position_inconsistency_rate`,
+    /// `panel_disagreement_rate` or `gate_floor_rate`.
+    pub name: String,
+    /// Its value now.
+    pub value: f64,
+    /// Its threshold (`[worker.monitor]`).
+    pub threshold: f64,
+    /// Over the threshold, with enough samples in the window to say so.
+    pub over: bool,
+}
+
+/// One judge component's mean score on the canary candidates, against its first run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryDrift {
+    /// The profile.
+    pub profile: String,
+    /// The judge component (its name in rewards' `components`).
+    pub judge: String,
+    /// The mean of the first run.
+    pub baseline: f64,
+    /// The mean of the latest run.
+    pub mean: f64,
+    /// `mean - baseline`.
+    pub drift: f64,
+    /// How far it may move either way (`worker.monitor.canary_drift`).
+    pub threshold: f64,
+    /// `|drift|` over the threshold.
+    pub over: bool,
+    /// Runs so far.
+    pub runs: u64,
 }
 
 /// A worker's rates over the interval between its last two heartbeats (zero in the first).
@@ -387,10 +478,58 @@ mod tests {
             started_at: 1,
             sent_at: 2,
             interval_secs: 5.0,
+            monitor: None,
         };
         let json = serde_json::to_value(&beat).unwrap();
         assert!(json.get("candidates_failed").is_none(), "{json}");
+        assert!(json.get("monitor").is_none(), "{json}");
         let back: WorkerHeartbeat = serde_json::from_value(json).unwrap();
         assert_eq!(back, beat);
+
+        // A worker's monitors travel whole and say what is over its threshold.
+        let statistic = |name: &str, value: f64, over: bool| MonitorStatistic {
+            name: name.into(),
+            value,
+            threshold: 0.5,
+            over,
+        };
+        let monitor = MonitorSummary {
+            profiles: vec![MonitorScope {
+                profile: "p".into(),
+                session: None,
+                samples: 100,
+                statistics: vec![statistic("length_correlation", 0.2, false)],
+            }],
+            sessions: vec![MonitorScope {
+                profile: "p".into(),
+                session: Some("s1".into()),
+                samples: 60,
+                statistics: vec![statistic("length_correlation", 0.9, true)],
+            }],
+            canaries: vec![CanaryDrift {
+                profile: "p".into(),
+                judge: "judge".into(),
+                baseline: 0.5,
+                mean: 0.8,
+                drift: 0.3,
+                threshold: 0.1,
+                over: true,
+                runs: 3,
+            }],
+        };
+        let beat = WorkerHeartbeat {
+            monitor: Some(monitor.clone()),
+            ..beat
+        };
+        let back: WorkerHeartbeat =
+            serde_json::from_value(serde_json::to_value(&beat).unwrap()).unwrap();
+        assert_eq!(back.monitor.as_ref(), Some(&monitor));
+        assert_eq!(
+            monitor.over(),
+            [
+                ("p".into(), Some("s1".into()), "length_correlation".into()),
+                ("p".into(), None, "canary_drift:judge".into()),
+            ]
+        );
     }
 }
