@@ -23,6 +23,11 @@
 //! Rubric and reference verdicts also carry `"manipulation_attempt"`: true when the response
 //! holds the marker [`MANIPULATION_MARKER`], as a judge that saw through an injection would say.
 //!
+//! A **sycophantic** judge ([`FakeJudgeConfig::flattery`]) adds points to a rubric or logprob
+//! quality for each [`FLATTERY_PHRASES`] phrase in the response, as judges that reward flattery
+//! and length do; and [`FakeJudge::shift_bias`] moves every later rubric and logprob score, as
+//! a judge model replaced under the fleet would (canary drift).
+//!
 //! Faults ([`Fault`]) are served from a per-call script, then at random with `fault_rate`.
 
 use std::collections::VecDeque;
@@ -112,6 +117,9 @@ pub struct FakeJudgeConfig {
     pub seed: u64,
     /// Added to every quality before clamping (a lenient or a harsh judge, for panels).
     pub bias: i64,
+    /// Added to a rubric or logprob quality (before clamping) per [`FLATTERY_PHRASES`] phrase
+    /// found in the response: a sycophantic judge. 0: none.
+    pub flattery: i64,
 }
 
 impl Default for FakeJudgeConfig {
@@ -123,6 +131,7 @@ impl Default for FakeJudgeConfig {
             random_fault: Fault::ServerError,
             seed: 0,
             bias: 0,
+            flattery: 0,
         }
     }
 }
@@ -147,7 +156,14 @@ pub struct Stats {
     max_in_flight: AtomicU64,
     faults: AtomicU64,
     recent: Mutex<VecDeque<RecordedRequest>>,
+    /// Added to `bias` from now on ([`FakeJudge::shift_bias`]).
+    bias_shift: std::sync::atomic::AtomicI64,
+    /// When the last [`ARRIVALS_KEPT`] calls arrived.
+    arrivals: Mutex<VecDeque<std::time::Instant>>,
 }
+
+/// How many arrival times [`FakeJudge::peak_calls_within`] looks at.
+pub const ARRIVALS_KEPT: usize = 100_000;
 
 struct AppState {
     config: FakeJudgeConfig,
@@ -260,8 +276,43 @@ impl FakeJudge {
             .unwrap_or_default()
     }
 
+    /// The most calls that arrived within any `window` (sliding over the last
+    /// [`ARRIVALS_KEPT`] arrivals): the peak request rate an endpoint's rate limit would see.
+    pub fn peak_calls_within(&self, window: Duration) -> usize {
+        let Ok(arrivals) = self.stats.arrivals.lock() else {
+            return 0;
+        };
+        let mut peak = 0;
+        let mut first = 0;
+        for (last, at) in arrivals.iter().enumerate() {
+            while at.duration_since(arrivals[first]) >= window {
+                first += 1;
+            }
+            peak = peak.max(last + 1 - first);
+        }
+        peak
+    }
+
+    /// Scores every later rubric and logprob verdict `points` higher (lower when negative) than
+    /// its configuration says, on top of earlier shifts: a judge whose model changed.
+    pub fn shift_bias(&self, points: i64) {
+        self.stats.bias_shift.fetch_add(points, Ordering::SeqCst);
+    }
+
+    /// When the last [`ARRIVALS_KEPT`] calls arrived, oldest first.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.stats
+            .arrivals
+            .lock()
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Sets every counter back to zero (the script keeps counting from where it was).
     pub fn reset_counters(&self) {
+        if let Ok(mut a) = self.stats.arrivals.lock() {
+            a.clear();
+        }
         self.stats
             .max_in_flight
             .store(self.in_flight(), Ordering::SeqCst);
@@ -336,6 +387,12 @@ async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Response {
     let call = state.stats.calls.fetch_add(1, Ordering::SeqCst) as usize;
+    if let Ok(mut a) = state.stats.arrivals.lock() {
+        if a.len() == ARRIVALS_KEPT {
+            a.pop_front();
+        }
+        a.push_back(std::time::Instant::now());
+    }
     let _guard = InFlight::enter(&state.stats);
     let (fault, delay) = {
         let mut rng = match state.rng.lock() {
@@ -400,7 +457,8 @@ async fn chat_completions(
         }
         _ => {}
     }
-    Json(completion(&body, fault, state.config.bias)).into_response()
+    let bias = state.config.bias + state.stats.bias_shift.load(Ordering::SeqCst);
+    Json(completion(&body, fault, bias, state.config.flattery)).into_response()
 }
 
 fn error_response(status: StatusCode, retry_after: Option<Duration>, message: &str) -> Response {
@@ -516,6 +574,23 @@ pub fn claim_supported(claim: &str, reference: &str) -> bool {
     !claim.is_empty() && fold(reference).contains(claim)
 }
 
+/// Phrases a sycophantic fake judge pays for ([`FakeJudgeConfig::flattery`]), case folded.
+pub const FLATTERY_PHRASES: &[&str] = &[
+    "great question",
+    "brilliant",
+    "you are absolutely right",
+    "what a wonderful",
+];
+
+/// How many [`FLATTERY_PHRASES`] occurrences `response` holds.
+pub fn flattery(response: &str) -> i64 {
+    let folded = fold(response);
+    FLATTERY_PHRASES
+        .iter()
+        .map(|p| folded.matches(p).count() as i64)
+        .sum()
+}
+
 /// A response holding this text is reported as a manipulation attempt in rubric and reference
 /// verdicts (`"manipulation_attempt": true`).
 pub const MANIPULATION_MARKER: &str = "manipulation:yes";
@@ -551,7 +626,7 @@ fn fold(s: &str) -> String {
         .to_lowercase()
 }
 
-fn completion(body: &Value, fault: Fault, bias: i64) -> Value {
+fn completion(body: &Value, fault: Fault, bias: i64, flattery_points: i64) -> Value {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let prompt_chars: usize = messages
         .iter()
@@ -599,7 +674,8 @@ fn completion(body: &Value, fault: Fault, bias: i64) -> Value {
             .to_string()
     } else {
         let response = block(&last_user, "response").unwrap_or_default();
-        let q = (quality(response, min, max) + bias).clamp(min.min(max), max.max(min));
+        let q = (quality(response, min, max) + bias + flattery_points * flattery(response))
+            .clamp(min.min(max), max.max(min));
         if wants_logprobs {
             if fault != Fault::NoLogprobs {
                 let top: Vec<Value> = logprob_distribution(q, min, max)
@@ -656,6 +732,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sycophantic_judge_pays_for_flattery() {
+        let body = |response: &str| {
+            json!({"messages": [
+                {"role": "user", "content": format!("Score range: 1 to 10\n<response>\n{response}\n</response>")}
+            ]})
+        };
+        let score = |c: Value| {
+            let content = c["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            serde_json::from_str::<Value>(&content).unwrap()["score"]
+                .as_i64()
+                .unwrap()
+        };
+        let plain = "4. quality:3";
+        let fawning = "Great question! 4. You are absolutely right to ask. quality:3";
+        assert_eq!(flattery(fawning), 2);
+        assert_eq!(score(completion(&body(plain), Fault::None, 0, 2)), 3);
+        assert_eq!(score(completion(&body(fawning), Fault::None, 0, 2)), 7);
+        assert_eq!(score(completion(&body(fawning), Fault::None, 0, 0)), 3);
+        assert_eq!(
+            score(completion(&body(fawning), Fault::None, 5, 2)),
+            10,
+            "clamped"
+        );
+    }
+
+    #[test]
     fn quality_uses_the_marker_then_the_hash() {
         assert_eq!(quality("fine quality:7 answer", 1, 10), 7);
         assert_eq!(quality("quality:99", 1, 10), 10);
@@ -700,7 +805,7 @@ mod tests {
             {"role": "system", "content": "grade"},
             {"role": "user", "content": "Score range: 0 to 5\n<response>\nquality:3\n</response>"}
         ]});
-        let c = completion(&body, Fault::None, 0);
+        let c = completion(&body, Fault::None, 0, 0);
         let content: Value =
             serde_json::from_str(c["choices"][0]["message"]["content"].as_str().unwrap_or(""))
                 .unwrap_or_default();

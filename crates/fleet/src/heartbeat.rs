@@ -13,8 +13,9 @@ use rewardfleet_core::config::{Config, NatsConfig};
 use rewardfleet_gateway::Gateway;
 use rewardfleet_queue::JetStreamQueue;
 use rewardfleet_queue::QueueError;
+use rewardfleet_judge::{FleetShare, JudgeSet};
 use rewardfleet_queue::jetstream::{
-    GatewayHeartbeat, Heartbeat, RecentRates, Role, WorkerHeartbeat,
+    GatewayHeartbeat, Heartbeat, RecentRates, Role, WorkerHeartbeat, heartbeat_key,
 };
 use rewardfleet_worker::{Monitor, WorkerStats};
 use serde::Serialize;
@@ -144,6 +145,71 @@ pub(crate) fn gateway(
             interval_secs,
         }
     })
+}
+
+/// Keeps this worker's share of every judge's limits (see [`rewardfleet_judge::FleetShare`])
+/// from the workers' heartbeats: each `interval` it counts the live workers whose heartbeat
+/// lists the judge, and ranks them by heartbeat key. When the bucket cannot be read it keeps the
+/// share it has (never a larger one): jobs come through the same server, so a worker that cannot
+/// read it gets no new work meanwhile.
+pub(crate) fn share_judges(
+    queue: JetStreamQueue,
+    judges: Arc<JudgeSet>,
+    name: &str,
+    interval: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let own = heartbeat_key(name, std::process::id());
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match queue.worker_heartbeats().await {
+                Ok(beats) => {
+                    failing = false;
+                    let workers: Vec<(String, Vec<String>)> = beats
+                        .into_iter()
+                        .map(|b| (heartbeat_key(&b.name, b.pid), b.judges))
+                        .collect();
+                    for judge in judges.names() {
+                        judges.set_fleet_share(&judge, fleet_share(&workers, &judge, &own));
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        error = %e.chain(),
+                        "cannot read the workers' heartbeats: judge limits keep their current share"
+                    );
+                }
+                Err(e) => tracing::debug!(error = %e.chain(), "heartbeats still unreadable"),
+            }
+        }
+    })
+}
+
+/// The share of `judge` of the worker whose heartbeat key is `own`, among the workers (heartbeat
+/// key, judges listed) that list the judge; itself counted even before its first beat shows.
+fn fleet_share(workers: &[(String, Vec<String>)], judge: &str, own: &str) -> FleetShare {
+    let mut keys: Vec<String> = workers
+        .iter()
+        .filter(|(_, judges)| judges.iter().any(|j| j == judge))
+        .map(|(key, _)| key.clone())
+        .collect();
+    if !keys.iter().any(|k| k == own) {
+        keys.push(own.to_owned());
+    }
+    keys.sort();
+    keys.dedup();
+    FleetShare {
+        workers: keys.len(),
+        rank: keys.iter().position(|k| k == own).unwrap_or(0),
+    }
 }
 
 /// The worker counters that rates are computed from.
@@ -278,6 +344,54 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Heartbeat keys with the judges their workers list.
+    fn beats(entries: &[(&str, u32, &[&str])]) -> Vec<(String, Vec<String>)> {
+        entries
+            .iter()
+            .map(|(name, pid, judges)| {
+                (
+                    heartbeat_key(name, *pid),
+                    judges.iter().map(|j| (*j).to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_judge_is_shared_among_the_workers_that_list_it_ranked_by_key() {
+        let beats = beats(&[
+            ("w-c", 3, &["gpt", "rm"]),
+            ("w-a", 1, &["gpt"]),
+            ("w-b", 2, &["other"]),
+        ]);
+        let own = heartbeat_key("w-c", 3);
+        assert_eq!(
+            fleet_share(&beats, "gpt", &own),
+            FleetShare {
+                workers: 2,
+                rank: 1
+            }
+        );
+        // Not yet in the bucket: counted all the same.
+        let own = heartbeat_key("w-0", 9);
+        assert_eq!(
+            fleet_share(&beats, "gpt", &own),
+            FleetShare {
+                workers: 3,
+                rank: 0
+            }
+        );
+        assert_eq!(fleet_share(&[], "gpt", &own), FleetShare::ALONE);
+        // The ranks of the workers sharing a judge are 0..n, each once.
+        let mut ranks: Vec<usize> = ["w-c", "w-a"]
+            .iter()
+            .zip([3, 1])
+            .map(|(n, pid)| fleet_share(&beats, "gpt", &heartbeat_key(n, pid)).rank)
+            .collect();
+        ranks.sort_unstable();
+        assert_eq!(ranks, [0, 1]);
+    }
 
     #[test]
     fn rates_are_differences_over_the_interval() {

@@ -542,6 +542,21 @@ pub async fn run_worker(
     });
     let ran = async {
         let scorers = scorers(config, Some(queue.client()), secrets).await?;
+        // Each judge's limits are the fleet's: this worker takes its share.
+        let _sharing = match (&config.nats, &scorers.judges) {
+            (Some(nats), Some(judges)) => Some(
+                heartbeat::share_judges(
+                    queue.clone(),
+                    Arc::clone(judges),
+                    &options.name,
+                    nats.heartbeat_interval,
+                    shutdown.child_token(),
+                )
+                .abort_handle(),
+            )
+            .map(AbortOnDrop),
+            _ => None,
+        };
         let worker = Worker::with_stats(
             Arc::new(queue),
             scorers.pipeline,
@@ -560,6 +575,15 @@ pub async fn run_worker(
         lag.abort();
     }
     ran
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads `pool`'s consumer info every `interval` into `rewardfleet_consumer_pending` and

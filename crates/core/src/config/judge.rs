@@ -27,11 +27,12 @@ pub struct JudgeConfig {
     pub ca_file: Option<PathBuf>,
     /// Extra HTTP headers sent with every request.
     pub headers: BTreeMap<String, String>,
-    /// Requests in flight to this endpoint, at most.
+    /// Judgements in flight to this endpoint, at most, from the whole fleet (each worker takes
+    /// its share; see the judge crate's `FleetShare`).
     pub max_concurrency: usize,
-    /// Requests started per second, at most.
+    /// Requests (attempts) sent per second, at most, from the whole fleet.
     pub requests_per_second: f64,
-    /// Tokens (prompt + completion) per minute, at most; 0: no limit.
+    /// Tokens (prompt + completion) per minute, at most, from the whole fleet; 0: no limit.
     pub tokens_per_minute: u64,
     /// Per-attempt timeout.
     #[serde(with = "humantime_serde")]

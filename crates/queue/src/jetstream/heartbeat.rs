@@ -287,6 +287,14 @@ impl Heartbeat {
 }
 
 impl JetStreamQueue {
+    /// Every live worker's heartbeat, oldest key first (none when no worker ever beat).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] if the server cannot be read.
+    pub async fn worker_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, QueueError> {
+        read_bucket(&self.js, &Role::Worker.bucket(&self.prefix)).await
+    }
+
     /// The heartbeat entry of the process `name` in `role`'s bucket, which is created if it does
     /// not exist yet (entries kept [`TTL_FACTOR`] × `nats.heartbeat_interval`, `nats.replicas`
     /// replicas). An existing bucket keeps its settings; if its entries would expire before the
