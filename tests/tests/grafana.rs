@@ -1,5 +1,5 @@
 //! The Grafana dashboard in `deploy/grafana/rewardfleet.json`: it imports (ids, grid, targets,
-//! datasource, variables, queries that parse), covers the five sections of the fleet's health and
+//! datasource, variables, queries that parse), covers the six sections of the fleet's health and
 //! every metric family the fleet exports; and the checks catch a broken copy, naming each defect.
 //! That every metric name it queries is really exported is checked in `observability.rs`.
 
@@ -16,6 +16,7 @@ const SECTIONS: &[&str] = &[
     "Judge health",
     "Queue lag",
     "Batch efficiency",
+    "Reward hacking",
 ];
 
 /// Every metric family the fleet exports (`crates/telemetry/src/metrics.rs`), in its
@@ -44,6 +45,8 @@ const FAMILIES: &[&str] = &[
     "rewardfleet_judge_tokens_total",
     "rewardfleet_judge_circuit_state",
     "rewardfleet_cache_lookups_total",
+    "rewardfleet_monitor",
+    "rewardfleet_monitor_session",
 ];
 
 /// The panel whose title is `title`, wherever it is.
@@ -101,6 +104,9 @@ fn the_shipped_dashboard_has_no_problems_and_covers_every_section() {
         "Padded tokens per batch",
         "Mean padding ratio",
         "Model batches/s",
+        "Reward-hacking monitors by profile",
+        "Canary drift by judge",
+        "Reward-hacking monitors by session",
     ] {
         assert!(
             titles.contains(&wanted),

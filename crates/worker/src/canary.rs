@@ -173,7 +173,12 @@ mod tests {
         assert_eq!((steady.runs, steady.drift()), (3, 0.0));
         let drifting = c[&("p".to_owned(), "drifting".to_owned())];
         assert!((drifting.drift() - 0.2).abs() < 1e-12, "{drifting:?}");
-        let over: Vec<_> = monitor.summary().canaries.into_iter().filter(|c| c.over).collect();
+        let over: Vec<_> = monitor
+            .summary()
+            .canaries
+            .into_iter()
+            .filter(|c| c.over)
+            .collect();
         assert_eq!(over.len(), 1);
         assert_eq!(over[0].judge, "drifting");
     }

@@ -600,7 +600,10 @@ mod tests {
             .collect();
         assert_eq!(
             crossed,
-            [(None, "length_correlation"), (Some("s"), "length_correlation")]
+            [
+                (None, "length_correlation"),
+                (Some("s"), "length_correlation")
+            ]
         );
 
         let steady: Vec<String> = (0..120).map(|_| "4. Done.".to_owned()).collect();

@@ -433,10 +433,7 @@ impl Monitor {
         let mut profiles: Vec<(String, MonitorStats)> = self.snapshot().into_iter().collect();
         profiles.sort_by(|a, b| a.0.cmp(&b.0));
         MonitorSummary {
-            profiles: profiles
-                .iter()
-                .map(|(p, s)| scope(p, None, s))
-                .collect(),
+            profiles: profiles.iter().map(|(p, s)| scope(p, None, s)).collect(),
             sessions: self
                 .sessions()
                 .iter()
@@ -581,7 +578,10 @@ mod tests {
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions[0].session, "honest", "most recently active first");
         assert!(sessions[1].stats.length_correlation > 0.99, "{sessions:?}");
-        assert!(sessions[0].stats.length_correlation.abs() < 0.5, "{sessions:?}");
+        assert!(
+            sessions[0].stats.length_correlation.abs() < 0.5,
+            "{sessions:?}"
+        );
 
         let (c, r) = scored("z", 1.0);
         monitor.observe("p", "third", &[c], &[r]);
@@ -590,7 +590,10 @@ mod tests {
         let summary = monitor.summary();
         assert_eq!(summary.profiles.len(), 1);
         assert_eq!(summary.sessions.len(), 2);
-        assert_eq!(summary.profiles[0].samples, 50, "the window keeps the last 50");
+        assert_eq!(
+            summary.profiles[0].samples, 50,
+            "the window keeps the last 50"
+        );
     }
 
     #[test]

@@ -600,9 +600,7 @@ impl Config {
                 "use letters, digits, '-' and '_'",
             ));
         }
-        self.worker
-            .monitor
-            .problems("worker.monitor", self, &mut p);
+        self.worker.monitor.problems("worker.monitor", self, &mut p);
         if self.worker.embedded_queue == 0 {
             p.push(ConfigProblem::new(
                 "worker.embedded_queue",

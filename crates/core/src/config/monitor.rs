@@ -83,7 +83,10 @@ impl MonitorConfig {
         for (key, value) in [
             ("length_correlation", self.length_correlation),
             ("injection_rate", self.injection_rate),
-            ("position_inconsistency_rate", self.position_inconsistency_rate),
+            (
+                "position_inconsistency_rate",
+                self.position_inconsistency_rate,
+            ),
             ("panel_disagreement_rate", self.panel_disagreement_rate),
             ("gate_floor_rate", self.gate_floor_rate),
         ] {
