@@ -224,14 +224,14 @@ async fn score(args: ScoreArgs, logging: &Logging) -> anyhow::Result<ExitCode> {
                     id: Some(c.id.clone()),
                     message: format!("duplicate id {:?}; ids must be unique in a file", c.id),
                 };
-                outputs.push(Some(e.to_output()));
+                outputs.push(Some(jsonl::failed_line(&e)));
             }
             Ok(c) => {
                 position.insert(c.id.clone(), outputs.len());
                 outputs.push(None);
                 candidates.push(c);
             }
-            Err(e) => outputs.push(Some(e.to_output())),
+            Err(e) => outputs.push(Some(jsonl::failed_line(&e))),
         }
     }
     let total = candidates.len();

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod input;
 pub mod job;
+pub mod jsonl;
 pub mod pipeline;
 pub mod profile;
 pub mod scorer;
