@@ -68,9 +68,9 @@ const PULL_GRACE: Duration = Duration::from_secs(2);
 /// Pause after a failed pull request, so a source does not spin while the server is away.
 const PULL_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// The header that marks a ledger entry in a session's record (results carry none).
-const ENTRY_HEADER: &str = "Rf-Entry";
+pub const ENTRY_HEADER: &str = "Rf-Entry";
 /// Its value on a [`JobAccepted`].
-const ENTRY_ACCEPTED: &str = "accepted";
+pub const ENTRY_ACCEPTED: &str = "accepted";
 /// Timeout of JetStream API requests, publish acks and double acks.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -689,17 +689,40 @@ pub(crate) fn trace_context(headers: Option<&HeaderMap>) -> TraceContext {
 
 /// Reads one entry of a session's record.
 fn session_event(message: &jetstream::Message) -> Result<SessionEvent, prost::DecodeError> {
-    let accepted = message
-        .headers
-        .as_ref()
+    decode_session_event(message.headers.as_ref(), &message.payload)
+}
+
+/// Reads one entry of a session's record from its headers and payload: a [`JobAccepted`] when
+/// the headers mark it so, else a [`JobResult`] with the trace context of its publisher.
+///
+/// # Errors
+/// The payload is not the message its headers announce.
+pub fn decode_session_event(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<SessionEvent, prost::DecodeError> {
+    let accepted = headers
         .and_then(|h| h.get(ENTRY_HEADER))
         .is_some_and(|v| v.as_str() == ENTRY_ACCEPTED);
     if accepted {
-        JobAccepted::decode(message.payload.clone()).map(SessionEvent::Accepted)
+        JobAccepted::decode(payload).map(SessionEvent::Accepted)
     } else {
-        let trace = trace_context(message.headers.as_ref());
-        JobResult::decode(message.payload.clone()).map(|r| SessionEvent::Result(r, trace))
+        let trace = trace_context(headers);
+        JobResult::decode(payload).map(|r| SessionEvent::Result(r, trace))
     }
+}
+
+/// Reads a job message as a worker takes it: the [`Job`] of its payload and the trace context
+/// of the span that published it (empty when its headers carry none).
+///
+/// # Errors
+/// The payload is not a [`Job`].
+pub fn decode_job(
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<(Job, TraceContext), prost::DecodeError> {
+    let job = Job::decode(payload)?;
+    Ok((job, trace_context(headers)))
 }
 
 /// A worker's pull loop: one outstanding pull request at a time, of at most the jobs the worker
@@ -753,10 +776,9 @@ impl JetStreamJobs {
             }
         };
         let (message, acker) = message.split();
-        let trace_context = trace_context(message.headers.as_ref());
         let subject = message.subject.to_string();
-        match Job::decode(message.payload) {
-            Ok(job) => Ok(Delivery {
+        match decode_job(message.headers.as_ref(), &message.payload) {
+            Ok((job, trace_context)) => Ok(Delivery {
                 job,
                 attempt,
                 max_deliver: self.max_deliver,
@@ -966,5 +988,50 @@ mod tests {
             check_msg_id("job_id", "a\r\nb"),
             Err(QueueError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn record_entries_are_read_by_their_header() {
+        let entry = JobAccepted {
+            job_id: "j".into(),
+            session_id: "s".into(),
+            candidate_ids: vec!["c1".into()],
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(ENTRY_HEADER, ENTRY_ACCEPTED);
+        assert_eq!(
+            decode_session_event(Some(&headers), &entry.encode_to_vec()),
+            Ok(SessionEvent::Accepted(entry))
+        );
+        let result = JobResult {
+            job_id: "j".into(),
+            session_id: "s".into(),
+            ..Default::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Traceparent", "00-x");
+        let Ok(SessionEvent::Result(read, trace)) =
+            decode_session_event(Some(&headers), &result.encode_to_vec())
+        else {
+            panic!("a result without the entry header is a result");
+        };
+        assert_eq!(read, result);
+        assert_eq!(
+            trace.fields().collect::<Vec<_>>(),
+            [("traceparent", "00-x")]
+        );
+        assert!(decode_session_event(None, b"\xff").is_err());
+    }
+
+    #[test]
+    fn jobs_are_read_with_their_trace_context() {
+        let job = Job {
+            job_id: "j".into(),
+            ..Default::default()
+        };
+        let (read, trace) = decode_job(None, &job.encode_to_vec()).expect("a job");
+        assert_eq!(read, job);
+        assert!(trace.is_empty());
+        assert!(decode_job(None, b"\x0a\x05ab").is_err(), "truncated");
     }
 }
