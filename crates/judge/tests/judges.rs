@@ -631,6 +631,49 @@ async fn a_burst_past_queue_capacity_sheds_exactly_the_excess() {
     assert_eq!(burst(1, 10).await, (9, 1));
 }
 
+/// A fresh judgement (a canary run) asks the endpoint each time: it neither reads a kept verdict
+/// nor keeps its own, so the judge's answer today is what it measures.
+#[tokio::test]
+async fn a_fresh_judgement_neither_reads_nor_keeps_a_cached_verdict() {
+    let fake = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let mut config = judge_config("j", &fake);
+    config.cache_ttl = Duration::from_secs(60);
+    let rig = rig(
+        &[config],
+        JudgeCache::Memory {
+            capacity: 100,
+            ttl: Duration::from_secs(60),
+        },
+    );
+    let scorer = rig.scorer(
+        r#"scorer = "j"
+rubric = "helpful.md""#,
+    );
+    let group = [candidate("a", "quality:7")];
+    let fresh = ScoreContext {
+        fresh: true,
+        ..ctx("canary")
+    };
+    let kept = scorer.score(&ctx("s"), &group).await;
+    assert_eq!(fake.calls(), 1);
+    // The same judgement, fresh: called again although a verdict is kept.
+    fake.shift_bias(2);
+    let now = scorer.score(&fresh, &group).await;
+    assert_eq!(fake.calls(), 2);
+    assert!(close(value(&kept[0]), 6.0 / 9.0));
+    assert!(close(value(&now[0]), 8.0 / 9.0), "the judge's answer now");
+    // Not kept either: the cache still answers with the first verdict, and a fresh one for a
+    // new response does not fill it.
+    assert_eq!(scorer.score(&ctx("s"), &group).await, kept);
+    assert_eq!(fake.calls(), 2);
+    let other = [candidate("b", "quality:3")];
+    let _ = scorer.score(&fresh, &other).await;
+    let _ = scorer.score(&ctx("s"), &other).await;
+    assert_eq!(fake.calls(), 4);
+    let usage = &rig.set.usage()[0];
+    assert_eq!((usage.calls, usage.cache_hits), (4, 1));
+}
+
 #[tokio::test]
 async fn memory_cache_hits_make_no_call() {
     let fake = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
