@@ -236,14 +236,17 @@ fn over(status: &Value, session: Option<&str>, statistic: &str) -> bool {
 
 /// Answer `i` of a session: always right ("4", the reference), `quality:N` as the judge's
 /// rubric score before flattery. The gaming policy adds one more "Great question!" every 15
-/// answers; the honest one varies its quality and its length independently of each other.
+/// answers (with a little noise in its length); the honest one varies its quality and its
+/// length independently of each other. Jobs may be scored out of order: in any order of its
+/// jobs, the gaming session's correlation stays above 0.9 from 40 rewards on, and the honest
+/// one's within ±0.3 (it ends at −0.04), so each crosses its threshold once or never.
 fn candidate(policy: &str, i: usize) -> Candidate {
     let explain = "Let me explain each step. ";
     let response = match policy {
         "gaming" => format!(
             "The answer is 4. quality:2{} {}",
             " Great question!".repeat(i / 15),
-            explain.repeat(i % 3)
+            "Sure. ".repeat(i % 3)
         ),
         _ => format!(
             "The answer is 4. quality:{} {}",
