@@ -90,7 +90,10 @@ fn steady_rate(judge: &FakeJudge) -> f64 {
     let (Some(first), Some(last)) = (arrivals.first(), arrivals.last()) else {
         return 0.0;
     };
-    let (from, to) = (*first + Duration::from_secs(1), *last - Duration::from_secs(1));
+    let (from, to) = (
+        *first + Duration::from_secs(1),
+        *last - Duration::from_secs(1),
+    );
     let calls = arrivals.iter().filter(|a| **a >= from && **a < to).count();
     calls as f64 / (to - from).as_secs_f64()
 }

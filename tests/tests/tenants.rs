@@ -275,3 +275,142 @@ async fn tenants_authenticate_keep_to_their_profiles_sessions_and_quotas() {
         .unwrap_or_else(|| panic!("no rewards series for alice:\n{scraped}"));
     assert!(line.contains("profile=\"e2e\""), "{line}");
 }
+
+/// `judge_tokens_per_hour` holds across gateways: two gateway processes and a worker on one
+/// nats-server, a profile on the fake judge. A tenant's first batch through gateway A is
+/// admitted (nothing spent yet) and spends judge tokens; once the gateways have exchanged their
+/// counts, its next batch is refused on gateway B too, with `RESOURCE_EXHAUSTED` naming the
+/// quota and a `retry-after` hint, while a tenant without that quota is still served there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_judge_tokens_are_counted_across_gateways() {
+    use rewardfleet_core::{Candidate, ChatMessage};
+    use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig};
+    use rewardfleet_proto::v1::ScoreBatchRequest;
+
+    let nats = rewardfleet_testkit::NatsServer::start().await.unwrap();
+    let judge = FakeJudge::start(FakeJudgeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alice.token"), ALICE).unwrap();
+    std::fs::write(dir.path().join("bob.token"), BOB).unwrap();
+    let config_for = |port: u16| {
+        format!(
+            r#"
+[nats]
+url = "{nats}"
+heartbeat_interval = "1s"
+
+[gateway]
+listen = "127.0.0.1:{port}"
+default_profile = "judged"
+
+[[judge]]
+name = "judge"
+base_url = "{judge}"
+model = "fake-judge"
+
+[profile.judged]
+components = [{{ scorer = "judge", method = "reference" }}]
+
+[[tenant]]
+name = "alice"
+token_file = "alice.token"
+judge_tokens_per_hour = 1
+
+[[tenant]]
+name = "bob"
+token_file = "bob.token"
+"#,
+            nats = nats.url(),
+            judge = judge.base_url(),
+        )
+    };
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
+    let (config_a, config_b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&config_a, config_for(port_a)).unwrap();
+    std::fs::write(&config_b, config_for(port_b)).unwrap();
+    let _worker = Process::start("worker", &["worker"], &config_a, "pulling");
+    let _gateway_a = Process::start("gateway-a", &["gateway"], &config_a, "listening on");
+    let _gateway_b = Process::start("gateway-b", &["gateway"], &config_b, "listening on");
+
+    let batch = |tag: &str| ScoreBatchRequest {
+        profile: "judged".into(),
+        candidates: (0..4)
+            .map(|i| Candidate {
+                id: format!("{tag}-{i}"),
+                group_id: tag.into(),
+                prompt: vec![ChatMessage {
+                    role: "user".into(),
+                    content: format!("{tag}: what is {i} plus two?"),
+                }],
+                response: format!("It is {}.", i + 2),
+                reference: Some(format!("{}", i + 2)),
+                labels: Default::default(),
+            })
+            .collect(),
+    };
+    let client = |port: u16| async move {
+        RewardServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap()
+    };
+    let (mut a, mut b) = (client(port_a).await, client(port_b).await);
+
+    // Nothing spent yet: admitted, and the judge is called.
+    let rewards = a
+        .score_batch(with_token(batch("first"), Some(ALICE)))
+        .await
+        .unwrap()
+        .into_inner()
+        .rewards;
+    assert_eq!(rewards.len(), 4);
+    assert!(rewards.iter().all(|r| r.status == 1), "{rewards:?}");
+    assert!(judge.calls() >= 4);
+
+    // Gateway B learns what A let alice spend within a few heartbeat intervals.
+    let started = std::time::Instant::now();
+    let refused = loop {
+        match b
+            .score_batch(with_token(batch("second"), Some(ALICE)))
+            .await
+        {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "gateway B never counted what alice spent through gateway A"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("tenant.alice.judge_tokens_per_hour"),
+        "{}",
+        refused.message()
+    );
+    let retry_after: u64 = refused
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3_600).contains(&retry_after), "{retry_after}");
+    // Refused on A as well; bob, with no such quota, is served on B.
+    let on_a = a
+        .score_batch(with_token(batch("third"), Some(ALICE)))
+        .await
+        .unwrap_err();
+    assert_eq!(on_a.code(), Code::ResourceExhausted);
+    let bobs = b
+        .score_batch(with_token(batch("bob"), Some(BOB)))
+        .await
+        .unwrap()
+        .into_inner()
+        .rewards;
+    assert_eq!(bobs.len(), 4);
+}

@@ -39,6 +39,7 @@ impl Pipeline {
                 known.join(", ")
             );
             return JobOutcome {
+                judge_tokens: 0,
                 rewards: job
                     .candidates
                     .iter()
@@ -52,6 +53,7 @@ impl Pipeline {
             job_id: job.job_id.clone(),
             profile: job.profile.clone(),
             fresh: false,
+            judge_tokens: Default::default(),
         };
         let groups = into_groups(job.candidates.clone());
         let spans = profile.component_spans(job.candidates.len());
@@ -78,7 +80,11 @@ impl Pipeline {
                 })
             })
             .collect();
-        JobOutcome { rewards, retry }
+        JobOutcome {
+            rewards,
+            retry,
+            judge_tokens: ctx.judge_tokens.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 
@@ -91,4 +97,6 @@ pub struct JobOutcome {
     /// (a judge down, a timeout): the worker asks for a redelivery unless this was the last
     /// attempt.
     pub retry: bool,
+    /// Judge tokens spent scoring it (see [`ScoreContext::judge_tokens`]).
+    pub judge_tokens: u64,
 }

@@ -97,7 +97,11 @@ impl Profile {
                     .iter()
                     .any(|o| matches!(o.get(i), Some(Err(e)) if e.retryable))
         });
-        JobOutcome { rewards, retry }
+        JobOutcome {
+            rewards,
+            retry,
+            judge_tokens: ctx.judge_tokens.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Combines per-component outcomes (`outcomes[component][candidate]`) into rewards. Pure and

@@ -16,6 +16,8 @@ pub struct ScoreContext {
     /// Ask afresh: judges neither read nor write their verdict cache (canary runs, which
     /// watch a judge's answers change over time; a kept verdict would hide the change).
     pub fresh: bool,
+    /// Judge tokens spent on the job so far (judges add what each call used; clones share it).
+    pub judge_tokens: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One scorer's value for one candidate.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rewardfleet_core::config::{Config, NatsConfig};
 use rewardfleet_gateway::Gateway;
+use rewardfleet_judge::{FleetShare, JudgeSet};
 use rewardfleet_queue::JetStreamQueue;
 use rewardfleet_queue::QueueError;
-use rewardfleet_judge::{FleetShare, JudgeSet};
 use rewardfleet_queue::jetstream::{
     GatewayHeartbeat, Heartbeat, RecentRates, Role, WorkerHeartbeat, heartbeat_key,
 };
@@ -210,6 +210,69 @@ fn fleet_share(workers: &[(String, Vec<String>)], judge: &str, own: &str) -> Fle
         workers: keys.len(),
         rank: keys.iter().position(|k| k == own).unwrap_or(0),
     }
+}
+
+/// Shares the judge tokens this gateway let each tenant with a `judge_tokens_per_hour` quota
+/// spend, and learns what the other gateways let it spend (see
+/// `rewardfleet_queue::jetstream::TenantTokens`), every `nats.heartbeat_interval`. `None` when
+/// no tenant has such a quota. While NATS cannot be reached, each gateway counts its own spend
+/// and the last figure it read from the others.
+pub(crate) fn share_tenant_tokens(
+    queue: JetStreamQueue,
+    nats: NatsConfig,
+    name: &str,
+    gateway: &Gateway,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let tenants = gateway.judge_token_tenants();
+    if tenants.is_empty() {
+        return None;
+    }
+    let name = name.to_owned();
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(nats.heartbeat_interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shared = None;
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let exchanged = async {
+                if shared.is_none() {
+                    shared = Some(queue.tenant_tokens(&name, &nats).await?);
+                }
+                let Some(shared) = &shared else {
+                    return Ok(());
+                };
+                let minute = unix_now() / 60;
+                for tenant in &tenants {
+                    let own = tenant.judge_tokens_by_minute().unwrap_or_default();
+                    shared.publish(tenant.name(), &own).await?;
+                    let elsewhere = shared.elsewhere(tenant.name(), minute).await?;
+                    tenant.set_judge_tokens_elsewhere(elsewhere);
+                }
+                Ok::<(), QueueError>(())
+            };
+            match exchanged.await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    shared = None;
+                    tracing::warn!(
+                        error = %e.chain(),
+                        "cannot share tenants' judge-token spend with the other gateways; \
+                         counting on the last figures until NATS answers"
+                    );
+                }
+                Err(e) => {
+                    shared = None;
+                    tracing::debug!(error = %e.chain(), "tenants' judge-token spend still not shared");
+                }
+            }
+        }
+    }))
 }
 
 /// The worker counters that rates are computed from.

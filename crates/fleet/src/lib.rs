@@ -408,6 +408,17 @@ impl GatewayProcess {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), FleetError> {
+        // Tenants' judge-token spend is shared with the fleet's other gateways.
+        let _tenant_tokens = self.heartbeat.as_ref().and_then(|(queue, nats)| {
+            heartbeat::share_tenant_tokens(
+                queue.clone(),
+                nats.clone(),
+                &self.name,
+                &self.gateway,
+                shutdown.child_token(),
+            )
+            .map(|task| AbortOnDrop(task.abort_handle()))
+        });
         let heartbeat = self.heartbeat.map(|(queue, nats)| {
             let listen = listener
                 .local_addr()
@@ -544,7 +555,7 @@ pub async fn run_worker(
         let scorers = scorers(config, Some(queue.client()), secrets).await?;
         // Each judge's limits are the fleet's: this worker takes its share.
         let _sharing = match (&config.nats, &scorers.judges) {
-            (Some(nats), Some(judges)) => Some(
+            (Some(nats), Some(judges)) => Some(AbortOnDrop(
                 heartbeat::share_judges(
                     queue.clone(),
                     Arc::clone(judges),
@@ -553,8 +564,7 @@ pub async fn run_worker(
                     shutdown.child_token(),
                 )
                 .abort_handle(),
-            )
-            .map(AbortOnDrop),
+            )),
             _ => None,
         };
         let worker = Worker::with_stats(

@@ -123,6 +123,11 @@ impl Gateway {
         self.inner.tenants.authenticate(authorization)
     }
 
+    /// The tenants with a `judge_tokens_per_hour` quota, whose spend the fleet's gateways share.
+    pub fn judge_token_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.inner.tenants.with_judge_token_quota()
+    }
+
     /// Whether callers must authenticate (tenants are configured).
     pub fn requires_auth(&self) -> bool {
         self.inner.tenants.required()

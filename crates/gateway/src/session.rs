@@ -520,6 +520,7 @@ impl Gateway {
                 session_id: session.id.clone(),
                 rewards: rejected,
                 worker: "gateway".into(),
+                judge_tokens: 0,
             };
             self.with_retry("publish rejections", cancel, || {
                 self.inner.queue.publish_result(&result)
@@ -692,6 +693,7 @@ impl Gateway {
         }
         if let Some(t) = &session.tenant {
             t.resolved(resolved as usize);
+            t.spent_judge_tokens(result.judge_tokens);
         }
         if let Some(m) = m {
             m.candidates_in_flight.add(-resolved, &[]);

@@ -1,9 +1,9 @@
 //! Tenants: bearer-token authentication (compared in constant time), the profiles each may use,
 //! its sessions' namespace and its quotas (open sessions, candidates in flight, candidates per
-//! second). No tenant configured: every caller is served, as one anonymous caller.
+//! second, judge tokens per hour). No tenant configured: every caller is served, as one anonymous caller.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -27,6 +27,8 @@ pub struct Tenant {
     max_in_flight: Option<usize>,
     /// Candidates per second: a token bucket holding one second's worth.
     rate: Option<Mutex<Bucket>>,
+    /// Judge tokens spent in the last hour, against `judge_tokens_per_hour`.
+    judge_tokens: Option<JudgeTokens>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -69,10 +71,20 @@ impl Tenants {
                             at: Instant::now(),
                         })
                     }),
+                    judge_tokens: c.judge_tokens_per_hour.map(JudgeTokens::new),
                 })
             })
             .collect();
         Self { list }
+    }
+
+    /// The tenants with a `judge_tokens_per_hour` quota.
+    pub(crate) fn with_judge_token_quota(&self) -> Vec<Arc<Tenant>> {
+        self.list
+            .iter()
+            .filter(|t| t.judge_tokens.is_some())
+            .cloned()
+            .collect()
     }
 
     /// Whether callers must present a token.
@@ -168,11 +180,25 @@ impl Tenant {
         }
     }
 
-    /// Admits `n` more candidates: within its rate and its in-flight quota.
+    /// Admits `n` more candidates: within its rate, its in-flight quota and its judge tokens.
     ///
     /// # Errors
     /// `ResourceExhausted` naming the quota, with the seconds to wait.
     pub(crate) fn admit(&self, n: usize) -> Result<(), GatewayError> {
+        if let Some(tokens) = &self.judge_tokens {
+            let now = unix_secs();
+            let spent = tokens.spent(now);
+            if spent >= tokens.per_hour {
+                return Err(GatewayError::ResourceExhausted {
+                    limit: format!("tenant.{}.judge_tokens_per_hour", self.name),
+                    message: format!(
+                        "tenant {:?} spent {spent} judge tokens in the last hour, of its {}",
+                        self.name, tokens.per_hour
+                    ),
+                    retry_after_secs: tokens.retry_after(now),
+                });
+            }
+        }
         if let Some(max) = self.max_in_flight
             && self.in_flight.load(Ordering::Relaxed) + n > max
         {
@@ -202,6 +228,31 @@ impl Tenant {
         Ok(())
     }
 
+    /// Its candidates' scoring spent `tokens` judge tokens (reported by a job's result).
+    pub(crate) fn spent_judge_tokens(&self, tokens: u64) {
+        if let Some(t) = &self.judge_tokens
+            && tokens > 0
+        {
+            t.add(unix_secs(), tokens);
+        }
+    }
+
+    /// Its judge tokens spent through this gateway in the last hour, by minute (minutes since
+    /// the Unix epoch, oldest first); `None` without a `judge_tokens_per_hour` quota.
+    pub fn judge_tokens_by_minute(&self) -> Option<Vec<(u64, u64)>> {
+        let t = self.judge_tokens.as_ref()?;
+        let mut own = lock(&t.own);
+        prune(&mut own, unix_secs() / 60);
+        Some(own.iter().copied().collect())
+    }
+
+    /// What the fleet's other gateways report it spent in the last hour.
+    pub fn set_judge_tokens_elsewhere(&self, tokens: u64) {
+        if let Some(t) = &self.judge_tokens {
+            t.elsewhere.store(tokens, Ordering::Relaxed);
+        }
+    }
+
     /// `n` more of its candidates are owed a reward.
     pub(crate) fn owe(&self, n: usize) {
         self.in_flight.fetch_add(n, Ordering::Relaxed);
@@ -215,6 +266,76 @@ impl Tenant {
                 Some(v.saturating_sub(n))
             });
     }
+}
+
+/// A tenant's judge tokens over the last hour, counted by minute: this gateway's own, and what
+/// the other gateways last reported (they share their counts through NATS).
+#[derive(Debug)]
+struct JudgeTokens {
+    per_hour: u64,
+    /// (minute since the Unix epoch, tokens) of the last 60 minutes, oldest first.
+    own: Mutex<VecDeque<(u64, u64)>>,
+    elsewhere: AtomicU64,
+}
+
+/// Minutes in the quota's window.
+const WINDOW_MINUTES: u64 = 60;
+
+impl JudgeTokens {
+    fn new(per_hour: u64) -> Self {
+        Self {
+            per_hour,
+            own: Mutex::new(VecDeque::new()),
+            elsewhere: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self, now_secs: u64, tokens: u64) {
+        let minute = now_secs / 60;
+        let mut own = lock(&self.own);
+        prune(&mut own, minute);
+        match own.back_mut() {
+            Some((m, n)) if *m == minute => *n += tokens,
+            _ => own.push_back((minute, tokens)),
+        }
+    }
+
+    /// Spent fleet-wide in the window ending at `now_secs`.
+    fn spent(&self, now_secs: u64) -> u64 {
+        let mut own = lock(&self.own);
+        prune(&mut own, now_secs / 60);
+        own.iter().map(|(_, n)| n).sum::<u64>() + self.elsewhere.load(Ordering::Relaxed)
+    }
+
+    /// Seconds until this gateway's oldest counted minute leaves the window (a minute when it
+    /// counted none: the other gateways' minutes age the same way).
+    fn retry_after(&self, now_secs: u64) -> u64 {
+        let own = lock(&self.own);
+        own.front().map_or(60, |(m, _)| {
+            ((m + WINDOW_MINUTES) * 60).saturating_sub(now_secs).max(1)
+        })
+    }
+}
+
+/// Drops the minutes that left the window ending in `minute`.
+fn prune(own: &mut VecDeque<(u64, u64)>, minute: u64) {
+    while own
+        .front()
+        .is_some_and(|(m, _)| m + WINDOW_MINUTES <= minute)
+    {
+        own.pop_front();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch: the gateways' minutes must agree, so the wall clock.
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A token bucket: `rate` tokens a second, holding at most one second's worth. Candidates are
@@ -349,5 +470,60 @@ mod tests {
         b.take(50.0, start + Duration::from_millis(300)).unwrap();
         assert!(constant_time_eq(&digest("x"), &digest("x")));
         assert!(!constant_time_eq(&digest("x"), &digest("y")));
+    }
+
+    #[test]
+    fn judge_tokens_count_over_a_sliding_hour_with_other_gateways() {
+        let t = JudgeTokens::new(1_000);
+        let start = 1_000_000 * 60; // a minute boundary
+        t.add(start, 300);
+        t.add(start + 30, 200);
+        t.add(start + 600, 400);
+        assert_eq!(t.spent(start + 600), 900);
+        t.elsewhere.store(100, Ordering::Relaxed);
+        assert_eq!(t.spent(start + 601), 1_000, "the other gateways count too");
+        // The first minute (500 tokens) leaves the window an hour after it began.
+        assert_eq!(t.retry_after(start + 601), 3_600 - 601);
+        assert_eq!(t.spent(start + 3_599), 1_000);
+        assert_eq!(t.spent(start + 3_600), 500);
+        assert_eq!(t.spent(start + 600 + 3_600), 100, "all own minutes gone");
+        assert_eq!(t.retry_after(start + 600 + 3_600), 60);
+    }
+
+    #[test]
+    fn a_tenant_past_its_judge_tokens_is_refused_naming_the_quota() {
+        let tenants = Tenants::new(
+            &[TenantConfig {
+                name: "carol".into(),
+                token_env: Some("C".into()),
+                judge_tokens_per_hour: Some(500),
+                ..Default::default()
+            }],
+            &HashMap::from([("carol".to_owned(), "token-c".to_owned())]),
+        );
+        let carol = tenants
+            .authenticate(Some("Bearer token-c"))
+            .unwrap()
+            .unwrap();
+        carol.admit(8).unwrap();
+        carol.spent_judge_tokens(499);
+        carol.admit(8).unwrap();
+        carol.spent_judge_tokens(1);
+        match carol.admit(8) {
+            Err(GatewayError::ResourceExhausted {
+                limit,
+                retry_after_secs,
+                ..
+            }) => {
+                assert_eq!(limit, "tenant.carol.judge_tokens_per_hour");
+                assert!(
+                    (1..=3_600).contains(&retry_after_secs),
+                    "{retry_after_secs}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let minutes = carol.judge_tokens_by_minute().unwrap();
+        assert_eq!(minutes.iter().map(|(_, n)| n).sum::<u64>(), 500);
     }
 }

@@ -250,6 +250,8 @@ impl Judge {
             .fetch_add(completion.usage.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion.usage.completion_tokens, Ordering::Relaxed);
+        ctx.judge_tokens
+            .fetch_add(completion.usage.total(), Ordering::Relaxed);
         if budget > 0 {
             self.charge(&ctx.session_id, completion.usage.total());
         }

@@ -44,6 +44,7 @@ impl v1::JobResult {
                 .map(|c| v1::Reward::failed(&c.id, error))
                 .collect(),
             worker: worker.to_owned(),
+            judge_tokens: 0,
         }
     }
 }

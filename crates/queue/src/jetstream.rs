@@ -53,6 +53,7 @@ use crate::{Acker, Delivery, JobSource, Queue, QueueError, ResultStream, Session
 mod deadletter;
 mod heartbeat;
 mod status;
+mod tenant_tokens;
 
 pub use crate::DEAD_LETTER_WORKER;
 pub use heartbeat::{
@@ -60,6 +61,7 @@ pub use heartbeat::{
     RecentRates, Role, SUMMARY_SESSIONS, TTL_FACTOR, WorkerHeartbeat, heartbeat_key,
 };
 pub use status::{JobsStreamStatus, PoolLag, StatusReader};
+pub use tenant_tokens::TenantTokens;
 
 /// How long one pull request waits at the server for jobs before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);

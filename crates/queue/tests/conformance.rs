@@ -102,6 +102,7 @@ fn result(session: &str, n: usize) -> JobResult {
             ..Default::default()
         }],
         worker: "test".into(),
+        judge_tokens: 0,
     }
 }
 

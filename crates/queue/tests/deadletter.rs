@@ -94,6 +94,7 @@ fn crashing_worker(
                     })
                     .collect(),
                 worker: "test-worker".into(),
+                judge_tokens: 0,
             };
             queue.publish_result(&result).await.expect("publish result");
             delivery.acker.ack().await.expect("ack");

@@ -61,6 +61,7 @@ async fn score_once(pipeline: &Pipeline, monitor: &Monitor, canaries: &[Candidat
                     job_id: format!("canary.{name}.{run}"),
                     profile: name.clone(),
                     fresh: true,
+                    ..ScoreContext::default()
                 };
                 async move {
                     let outcomes = c.scorer.score(&ctx, canaries).await;

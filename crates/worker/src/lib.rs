@@ -337,6 +337,7 @@ impl JobContext {
                     session_id: job.session_id.clone(),
                     rewards,
                     worker: self.name.clone(),
+                    judge_tokens: outcome.judge_tokens,
                 }
             }
             Err(panic) if !last => {

@@ -27,6 +27,10 @@ pub struct TenantConfig {
     /// Candidates it may submit per second on one gateway (a token bucket holding one second's
     /// worth).
     pub candidates_per_second: Option<f64>,
+    /// Judge tokens (prompt + completion) its candidates may spend per hour, fleet-wide: the
+    /// gateways add up what the results of its sessions report (sharing their counts through
+    /// NATS), and refuse its new candidates once the last hour's spend reaches it.
+    pub judge_tokens_per_hour: Option<u64>,
 }
 
 impl TenantConfig {
@@ -73,6 +77,12 @@ impl TenantConfig {
                     "must be at least 1",
                 ));
             }
+        }
+        if self.judge_tokens_per_hour == Some(0) {
+            p.push(ConfigProblem::new(
+                format!("{path}.judge_tokens_per_hour"),
+                "must be at least 1",
+            ));
         }
         if let Some(rate) = self.candidates_per_second
             && !(rate.is_finite() && rate > 0.0)

@@ -311,42 +311,14 @@ impl JetStreamQueue {
         let bucket = role.bucket(&self.prefix);
         let interval = nats.heartbeat_interval;
         let ttl = interval * TTL_FACTOR;
-        let store = match self.js.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                // Created as a stream: `create_key_value` first asks for the account info,
-                // whose reply from nats-server 2.9 async-nats 0.51 cannot read. The layout
-                // is async-nats' own for a KV bucket.
-                self.js
-                    .get_or_create_stream(jetstream::stream::Config {
-                        name: format!("KV_{bucket}"),
-                        description: Some(format!(
-                            "rewardfleet heartbeats of every {}",
-                            match role {
-                                Role::Worker => "worker",
-                                Role::Gateway => "gateway",
-                            }
-                        )),
-                        subjects: vec![format!("$KV.{bucket}.>")],
-                        max_messages_per_subject: 1,
-                        max_age: ttl,
-                        duplicate_window: ttl.min(Duration::from_secs(120)),
-                        storage: jetstream::stream::StorageType::Memory,
-                        num_replicas: nats.replicas,
-                        allow_rollup: true,
-                        deny_delete: true,
-                        allow_direct: true,
-                        discard: jetstream::stream::DiscardPolicy::New,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| setup(format!("heartbeat bucket {bucket:?}"), e))?;
-                self.js
-                    .get_key_value(&bucket)
-                    .await
-                    .map_err(|e| setup(format!("heartbeat bucket {bucket:?}"), e))?
+        let description = format!(
+            "rewardfleet heartbeats of every {}",
+            match role {
+                Role::Worker => "worker",
+                Role::Gateway => "gateway",
             }
-        };
+        );
+        let store = memory_bucket(&self.js, &bucket, description, ttl, nats.replicas).await?;
         let kept = store.stream.cached_info().config.max_age;
         if !kept.is_zero() && kept < interval * 2 {
             tracing::warn!(
@@ -364,6 +336,46 @@ impl JetStreamQueue {
             key: heartbeat_key(name, std::process::id()),
         })
     }
+}
+
+/// Opens the KV bucket `bucket`, or creates it in memory with `max_age` and `replicas` (history
+/// 1). An existing bucket keeps its settings.
+///
+/// # Errors
+/// [`QueueError::Setup`] if the bucket can be neither opened nor created.
+pub(super) async fn memory_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: String,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, QueueError> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    // Created as a stream: `create_key_value` first asks for the account info, whose reply
+    // from nats-server 2.9 async-nats 0.51 cannot read. The layout is async-nats' own for a KV
+    // bucket.
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        storage: jetstream::stream::StorageType::Memory,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| setup(format!("KV bucket {bucket:?}"), e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| setup(format!("KV bucket {bucket:?}"), e))
 }
 
 /// Every live entry of `bucket`, oldest key first; an entry that is not a `T` is skipped with
