@@ -3,7 +3,8 @@
 //! Layout (all names from [`NatsConfig`]):
 //!
 //! - **Jobs**: stream `jobs_stream`, work-queue retention, file storage, subjects
-//!   `<prefix>.jobs.>`. A job goes to `<prefix>.jobs.<pool>.<session token>` with header
+//!   `<prefix>.jobs.>`, at most `jobs_max_messages` / `jobs_max_bytes` (a full stream refuses
+//!   new jobs as [`QueueError::Full`]; nothing queued is dropped). A job goes to `<prefix>.jobs.<pool>.<session token>` with header
 //!   `Nats-Msg-Id: <job_id>`, so a job published twice within `duplicate_window` is stored once,
 //!   and the jobs of an abandoned session can be purged by subject before any worker takes them.
 //! - **Workers**: one durable pull consumer per pool, `<prefix>-workers-<pool>`, filtered on
@@ -16,7 +17,8 @@
 //!   queued job, header `Rf-Entry: accepted`, `Nats-Msg-Id: a.<job_id>`) and its results (a
 //!   [`JobResult`] per job, `Nats-Msg-Id: r.<job_id>`). A session is read with an ordered push
 //!   consumer (ephemeral, in memory) filtered on its subject; the client re-creates it from the
-//!   last sequence seen after a reconnect or a server restart.
+//!   last sequence seen after a reconnect or a server restart, and deletes it when the session
+//!   ends.
 //! - **Dead letters**: a job delivered `max_deliver` times and never acknowledged (its workers
 //!   crashed) gets FAILED rewards from [`JetStreamQueue::watch_dead_letters`], run by gateways.
 //! - **Heartbeats**: KV buckets `<prefix>_workers` and `<prefix>_gateways`, one entry per live
@@ -245,6 +247,11 @@ impl JetStreamQueue {
                 storage: StorageType::File,
                 num_replicas: nats.replicas,
                 duplicate_window: nats.duplicate_window,
+                // Bounded: a full stream refuses new jobs (the gateway holds them back) rather
+                // than dropping queued ones.
+                max_bytes: i64::try_from(nats.jobs_max_bytes).unwrap_or(i64::MAX),
+                max_messages: i64::try_from(nats.jobs_max_messages).unwrap_or(i64::MAX),
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             },
         )
@@ -456,6 +463,7 @@ impl Queue for JetStreamQueue {
             caught_up: false,
             say_caught_up: false,
             messages: None,
+            consumer: None,
             connected: self.connected.clone(),
         };
         follower.open().await?;
@@ -548,12 +556,16 @@ struct ResultFollower {
     /// `caught_up` just became true: say so before the next entry.
     say_caught_up: bool,
     messages: Option<push::Ordered>,
+    /// The name of the consumer it opened last: deleted when it opens another and when the
+    /// session ends, so that ended sessions leave no consumer behind.
+    consumer: Option<String>,
     connected: watch::Receiver<u64>,
 }
 
 impl ResultFollower {
     async fn open(&mut self) -> Result<(), QueueError> {
         self.connected.mark_unchanged();
+        self.delete_consumer();
         let deliver_policy = match self.last_sequence {
             0 => DeliverPolicy::All,
             last => DeliverPolicy::ByStartSequence {
@@ -572,6 +584,7 @@ impl ResultFollower {
             })
             .await
             .map_err(|e| unavailable("create results consumer", e))?;
+        self.consumer = Some(consumer.cached_info().name.clone());
         if !self.caught_up && consumer.cached_info().num_pending == 0 {
             self.caught_up = true;
             self.say_caught_up = true;
@@ -582,6 +595,24 @@ impl ResultFollower {
             .map_err(|e| unavailable("subscribe to results", e))?;
         self.messages = Some(messages);
         Ok(())
+    }
+
+    /// Deletes the consumer opened last, in the background (best effort: one that could not be
+    /// deleted, or that the ordered consumer re-created under another name, goes 30 s after
+    /// nobody listens, async-nats' inactivity threshold for ordered consumers).
+    fn delete_consumer(&mut self) {
+        let Some(name) = self.consumer.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let results = self.queue.results.clone();
+        runtime.spawn(async move {
+            if let Err(e) = results.delete_consumer(&name).await {
+                tracing::debug!(consumer = name, error = %e, "session consumer not deleted; it expires");
+            }
+        });
     }
 
     /// The next entry, or a passing error; `None` once the connection is closed for good.
@@ -626,6 +657,12 @@ impl ResultFollower {
                 }
             }
         }
+    }
+}
+
+impl Drop for ResultFollower {
+    fn drop(&mut self) {
+        self.delete_consumer();
     }
 }
 
@@ -958,9 +995,22 @@ fn publish_error(what: &str, msg_id: &str, e: jetstream::context::PublishError) 
         PublishErrorKind::StreamNotFound => QueueError::setup(format!(
             "no stream takes the {what} {msg_id:?} (was it deleted?)"
         )),
+        PublishErrorKind::Other if is_stream_full(&e) => {
+            return QueueError::Full(format!(
+                "the jobs stream holds nats.jobs_max_messages jobs or nats.jobs_max_bytes bytes; \
+                 {what} {msg_id:?} waits for workers to make room"
+            ));
+        }
         _ => QueueError::unavailable(format!("publish {what} {msg_id:?}")),
     }
     .caused_by(e)
+}
+
+/// Whether the stream refused a message for its limits (discard policy `new`): JetStream's
+/// "maximum messages exceeded" (10077) or "maximum bytes exceeded" (10078).
+fn is_stream_full(e: &jetstream::context::PublishError) -> bool {
+    let text = std::error::Error::source(e).map_or_else(String::new, ToString::to_string);
+    text.contains("maximum messages") || text.contains("maximum bytes")
 }
 
 #[cfg(test)]

@@ -302,3 +302,73 @@ async fn unreachable_server_is_unavailable() {
         .expect_err("nothing listens");
     assert!(err.is_retryable(), "{err:?}");
 }
+
+/// Each session reads its results through a consumer of its own: once the session's stream is
+/// dropped the consumer is deleted, so many ended sessions leave none behind (the server's
+/// default would keep each for 30 s).
+#[tokio::test]
+async fn ended_sessions_leave_no_consumers() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let queue = connect(&server, Duration::from_secs(5)).await;
+    let nats = nats_config(&server);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut results = js
+        .get_stream(&nats.results_stream)
+        .await
+        .expect("results stream");
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        streams.push(queue.results(&format!("s{i}")).await.expect("results"));
+    }
+    let open = results.info().await.expect("info").state.consumer_count;
+    assert_eq!(open, 50, "one consumer per open session");
+    drop(streams);
+    let mut left = open;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = results.info().await.expect("info").state.consumer_count;
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "consumers of ended sessions still on the server");
+}
+
+/// The jobs stream is bounded: past `nats.jobs_max_messages` a job is refused as `Full`
+/// (retryable, naming the limit) and nothing queued is dropped; once a worker takes a job there
+/// is room again.
+#[tokio::test]
+async fn a_full_jobs_stream_refuses_new_jobs_and_keeps_the_queued_ones() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let nats = NatsConfig {
+        jobs_max_messages: 3,
+        ..nats_config(&server)
+    };
+    let queue = JetStreamQueue::connect(&nats, &worker_config(Duration::from_secs(5)))
+        .await
+        .expect("connect");
+    for n in 0..3 {
+        queue.publish_job(&job(n)).await.expect("room for 3");
+    }
+    let refused = queue.publish_job(&job(3)).await.expect_err("full");
+    assert!(matches!(refused, QueueError::Full(_)), "{refused:?}");
+    assert!(refused.is_retryable());
+    assert!(
+        refused.to_string().contains("nats.jobs_max_messages"),
+        "{refused}"
+    );
+    let mut source = queue.jobs("default", 1).await.expect("jobs");
+    let first = next_delivery(&mut source, 1).await;
+    assert_eq!(first.job.job_id, "s.job0", "the queued jobs were kept");
+    first.acker.ack().await.expect("ack");
+    let mut published = false;
+    for _ in 0..50 {
+        if queue.publish_job(&job(3)).await.is_ok() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "room again once a job was acknowledged");
+}

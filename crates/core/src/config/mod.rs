@@ -83,6 +83,11 @@ pub struct NatsConfig {
     /// How long results stay available for a resuming session.
     #[serde(with = "humantime_serde")]
     pub results_max_age: Duration,
+    /// Bytes the jobs stream holds at most (queued and unacknowledged jobs); a job past it is
+    /// not stored, and the gateway holds the batch back until workers make room.
+    pub jobs_max_bytes: u64,
+    /// Jobs the jobs stream holds at most; past it, as `jobs_max_bytes`.
+    pub jobs_max_messages: u64,
     /// Stream replicas (1 for a single server, 3 in a cluster).
     pub replicas: usize,
     /// How often each worker and gateway renews its heartbeat in the KV buckets
@@ -111,6 +116,8 @@ impl Default for NatsConfig {
             subject_prefix: "rf".into(),
             duplicate_window: Duration::from_secs(600),
             results_max_age: Duration::from_secs(3600),
+            jobs_max_bytes: 1 << 30,
+            jobs_max_messages: 1_000_000,
             replicas: 1,
             heartbeat_interval: Duration::from_secs(5),
             tls_required: false,
@@ -491,6 +498,22 @@ impl Config {
                 p.push(ConfigProblem::new(
                     "nats.heartbeat_interval",
                     "must be at least 1s",
+                ));
+            }
+            if nats.jobs_max_messages == 0 {
+                p.push(ConfigProblem::new(
+                    "nats.jobs_max_messages",
+                    "must be at least 1",
+                ));
+            }
+            // A job is at most `gateway.max_message_bytes` of candidates plus its envelope.
+            if nats.jobs_max_bytes < (self.gateway.max_message_bytes as u64).saturating_mul(2) {
+                p.push(ConfigProblem::new(
+                    "nats.jobs_max_bytes",
+                    format!(
+                        "must hold at least two of the largest jobs: 2 × gateway.max_message_bytes = {}",
+                        (self.gateway.max_message_bytes as u64).saturating_mul(2)
+                    ),
                 ));
             }
             let horizon = self.worker.ack_wait * self.worker.max_deliver.max(1) as u32;
