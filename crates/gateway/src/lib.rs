@@ -50,6 +50,10 @@ struct Inner {
     session_slots: Arc<Semaphore>,
     /// `gateway.max_sessions`, for the refusal's message.
     max_sessions: usize,
+    /// `gateway.max_queued_candidates` (0: none): see [`Gateway::fair_room`].
+    max_queued: usize,
+    /// Woken whenever candidates are resolved: sessions waiting for their fair share look again.
+    room: tokio::sync::Notify,
     /// `gateway.session_idle_timeout`.
     idle_timeout: Duration,
     /// The transport's bounds (connections, streams, message size, keep-alive).
@@ -108,6 +112,8 @@ impl Gateway {
                 sessions: TaskTracker::new(),
                 session_slots: Arc::new(Semaphore::new(config.gateway.max_sessions as usize)),
                 max_sessions: config.gateway.max_sessions as usize,
+                max_queued: config.gateway.max_queued_candidates as usize,
+                room: tokio::sync::Notify::new(),
                 idle_timeout: config.gateway.session_idle_timeout,
                 transport: config.gateway.clone(),
                 tenants: tenant::Tenants::new(&config.tenant, tokens),

@@ -272,6 +272,8 @@ impl Gateway {
         stats
             .in_flight
             .fetch_sub(session.owed.len(), Ordering::Relaxed);
+        // Its share goes to the others.
+        self.inner.room.notify_waiters();
         if let Some(t) = &session.tenant {
             t.resolved(session.owed.len());
         }
@@ -307,8 +309,13 @@ impl Gateway {
                 }
                 return Ok(Ended::Closed);
             }
-            // Publish the batch's next job as soon as the window has room for it.
-            if let Some(job) = session.next_job_with_room() {
+            // Publish the batch's next job as soon as the window, and the session's fair share
+            // of the gateway's queue, have room for it. Registered before looking, so that a
+            // result resolved meanwhile is not missed.
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(job) = session.next_job_with_room(|owed, len| self.fair_room(owed, len)) {
                 self.publish(session, &job, cancel).await?;
                 if session.pending.is_empty() && !accept(session, tx).await {
                     return Ok(Ended::ClientLeft);
@@ -325,10 +332,12 @@ impl Gateway {
             session.stalled = stalled;
             let idle = self.inner.idle_timeout;
             let idle_until = tokio::time::Instant::from_std(session.last_activity + idle);
+            let waiting = !session.pending.is_empty();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(GatewayError::ShuttingDown),
                 () = tx.closed() => return Ok(Ended::ClientLeft),
+                () = &mut room, if waiting => {}
                 () = tokio::time::sleep_until(idle_until), if session.owes_nothing() => {
                     return Err(GatewayError::Idle(idle));
                 }
@@ -564,6 +573,21 @@ impl Gateway {
 
     /// Runs a queue operation, retrying passing failures with backoff until it succeeds, fails
     /// for good, or `cancel` fires. Retries are safe: every operation is deduplicated by id.
+    /// Whether a session holding `owed` unresolved candidates may publish a job of `len` more:
+    /// while the gateway's queue (`gateway.max_queued_candidates`) has room, anyone; once it is
+    /// full, only a session holding less than its fair share (the limit ÷ open sessions), so a
+    /// session that just opened (a `ScoreBatch` call) goes at once, past any backlog.
+    fn fair_room(&self, owed: usize, len: usize) -> bool {
+        let cap = self.inner.max_queued;
+        if cap == 0 {
+            return true;
+        }
+        let stats = &self.inner.stats;
+        let queued = stats.in_flight.load(Ordering::Relaxed);
+        let share = cap / stats.sessions.load(Ordering::Relaxed).max(1);
+        queued + len <= cap || owed < share.max(1)
+    }
+
     async fn with_retry<T, F, Fut>(
         &self,
         what: &str,
@@ -690,6 +714,9 @@ impl Gateway {
                 sent_all = false;
                 break;
             }
+        }
+        if resolved > 0 {
+            self.inner.room.notify_waiters();
         }
         if let Some(t) = &session.tenant {
             t.resolved(resolved as usize);
@@ -921,10 +948,12 @@ impl Session {
     }
 
     /// The next job of the current batch, if the window has room for it (a job always fits an
-    /// empty window, so a job larger than the window still goes).
-    fn next_job_with_room(&mut self) -> Option<Job> {
+    /// empty window, so a job larger than the window still goes) and `fair` (the session's
+    /// unresolved candidates, the job's size) lets it go.
+    fn next_job_with_room(&mut self, fair: impl FnOnce(usize, usize) -> bool) -> Option<Job> {
         let job = self.pending.front()?;
-        if self.owed.is_empty() || self.owed.len() + job.candidates.len() <= self.window {
+        let window = self.owed.is_empty() || self.owed.len() + job.candidates.len() <= self.window;
+        if window && fair(self.owed.len(), job.candidates.len()) {
             self.pending.pop_front()
         } else {
             None
@@ -968,17 +997,17 @@ mod tests {
         let mut s = session(10);
         s.pending.extend([job("a", 6), job("b", 6), job("c", 20)]);
         let a = s
-            .next_job_with_room()
+            .next_job_with_room(|_, _| true)
             .expect("an empty window takes any job");
         s.owed.extend(a.candidates.iter().map(|c| c.id.clone()));
-        assert!(s.next_job_with_room().is_none(), "6 + 6 > 10");
+        assert!(s.next_job_with_room(|_, _| true).is_none(), "6 + 6 > 10");
         assert!(!s.can_read(), "a batch waits: read nothing more");
         s.owed.clear();
-        let b = s.next_job_with_room().expect("room again");
+        let b = s.next_job_with_room(|_, _| true).expect("room again");
         assert_eq!(b.job_id, "b");
         s.owed.clear();
         let c = s
-            .next_job_with_room()
+            .next_job_with_room(|_, _| true)
             .expect("a job larger than the window still goes");
         assert_eq!(c.candidates.len(), 20);
         assert!(s.can_read());

@@ -149,6 +149,11 @@ pub struct GatewayConfig {
     /// Open `Score` streams at most, across connections (a stream counts from its first frame,
     /// before `open`). One more is refused with `RESOURCE_EXHAUSTED` naming this key.
     pub max_sessions: u32,
+    /// Candidates this gateway has queued for scoring and not yet seen rewarded, across its
+    /// sessions, at most; 0: no limit beyond the windows. Past it a session publishes only while
+    /// it holds less than its fair share (this figure ÷ open sessions), so one session's
+    /// backlog never delays another's first batch by more than this many candidates.
+    pub max_queued_candidates: u32,
     /// Open gRPC connections at most; a connection past it is closed as soon as it is accepted.
     pub max_connections: u32,
     /// HTTP/2 streams at once on one gRPC connection (`SETTINGS_MAX_CONCURRENT_STREAMS`); the
@@ -193,6 +198,7 @@ impl Default for GatewayConfig {
             max_connections: 1024,
             max_concurrent_streams: 128,
             max_message_bytes: 16 * 1024 * 1024,
+            max_queued_candidates: 16_384,
             session_idle_timeout: Duration::from_secs(300),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
