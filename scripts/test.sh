@@ -19,3 +19,6 @@ cargo test --workspace --locked
   "$RF_PYTHON" -m mypy
   RF_BINARY="${CARGO_TARGET_DIR:-$PWD/../../target}/debug/rewardfleet" "$RF_PYTHON" -m pytest -q -p no:warnings
 )
+# Every fuzz target for 30 s (nightly, its own build directory): the gateway's request
+# validation and the parsers of NATS messages, JSONL, configuration, verdicts and rule parameters.
+scripts/fuzz.sh 30
