@@ -115,6 +115,36 @@ impl From<GatewayError> for tonic::Status {
 /// The metadata key of the hint on a `RESOURCE_EXHAUSTED` status: seconds to wait.
 pub const RETRY_AFTER: &str = "retry-after";
 
+/// What could not be read, when tonic's `status` is its failure to decode a request message,
+/// which is the caller's fault: bytes that are not the message (`INTERNAL`, "failed to decode
+/// Protobuf message"), a stream that ends inside a message (`INTERNAL`, "Unexpected EOF"), a
+/// unary call without a message, and a message over `gateway.max_message_bytes` (`OUT_OF_RANGE`,
+/// or `RESOURCE_EXHAUSTED` once decompressed); the gateway answers each as
+/// [`GatewayError::Unreadable`], `INVALID_ARGUMENT`. `None` for any other status: the stream
+/// broke (a reset, a closed connection), the client is gone.
+pub(crate) fn undecodable(status: &tonic::Status) -> Option<String> {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::OutOfRange => Some(format!("{message} (limit gateway.max_message_bytes)")),
+        tonic::Code::ResourceExhausted
+            if message.starts_with("Error decompressing: size limit") =>
+        {
+            Some(format!("{message} (limit gateway.max_message_bytes)"))
+        }
+        tonic::Code::Internal if message.starts_with("failed to decode Protobuf message") => {
+            Some(message.to_owned())
+        }
+        tonic::Code::Internal if message.starts_with("Unexpected EOF decoding stream") => Some(
+            "truncated message: the stream ended before the bytes its length prefix announced"
+                .into(),
+        ),
+        tonic::Code::Internal if message.starts_with("Missing request message") => {
+            Some("no request message before the end of the stream".into())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -175,5 +205,36 @@ mod tests {
             code(GatewayError::Queue(QueueError::setup("no stream"))),
             Code::Internal
         );
+    }
+
+    #[test]
+    fn tonic_decode_failures_are_the_callers_and_other_statuses_are_not() {
+        let why = |s: tonic::Status| undecodable(&s);
+        let truncated = why(tonic::Status::internal("Unexpected EOF decoding stream.")).unwrap();
+        assert!(truncated.starts_with("truncated message"), "{truncated}");
+        let large = why(tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 104857600 bytes, the limit is: 65536 bytes",
+        ))
+        .unwrap();
+        assert!(
+            large.ends_with("(limit gateway.max_message_bytes)"),
+            "{large}"
+        );
+        assert!(
+            why(tonic::Status::internal(
+                "failed to decode Protobuf message: invalid wire type"
+            ))
+            .is_some()
+        );
+        assert!(why(tonic::Status::internal("Missing request message.")).is_some());
+        // The gateway's own refusals and a broken stream are not decode failures.
+        for other in [
+            tonic::Status::resource_exhausted("limit gateway.max_sessions reached"),
+            tonic::Status::internal("h2 protocol error"),
+            tonic::Status::cancelled("reset"),
+            tonic::Status::unknown("connection closed"),
+        ] {
+            assert_eq!(why(other.clone()), None, "{other:?}");
+        }
     }
 }

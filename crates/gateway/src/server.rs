@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -201,6 +202,11 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(bounds.http2_keepalive_timeout))
         // Advertised in SETTINGS: the client queues its extra streams, the server holds none.
         .max_concurrent_streams(bounds.max_concurrent_streams)
+        // tonic answers a unary request it cannot decode before the service sees it, with its
+        // own codes: answered here as a `Score` stream's are, the caller's `INVALID_ARGUMENT`.
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument as fn(_) -> _,
+        ))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(api)
@@ -222,11 +228,30 @@ pub async fn serve(
     }
 }
 
+/// `response`, or the gateway's `INVALID_ARGUMENT` ("cannot read the request: ...", naming
+/// `gateway.max_message_bytes` when the message was too large) when it is tonic's answer to a
+/// request message it could not decode (a trailers-only response: the status is in its headers).
+fn undecodable_is_invalid_argument(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let why = Status::from_header_map(response.headers())
+        .as_ref()
+        .and_then(crate::error::undecodable);
+    if let Some(why) = why {
+        let status = Status::from(crate::GatewayError::Unreadable(why));
+        if let Err(e) = status.add_header(response.headers_mut()) {
+            tracing::warn!(error = %e, "cannot rewrite the status of an undecodable request");
+        }
+    }
+    response
+}
+
 /// The connections accepted on `listener`, each with `TCP_NODELAY` set (a reward is a small
 /// message that must leave at once, not wait for Nagle's algorithm to meet the client's delayed
 /// ACK: 40 ms a response on a reused channel) and TCP keep-alive after `tcp_keepalive`; tonic's
 /// own settings for both apply only to the listeners it binds itself. At most
-/// `max_connections` are open at once: one past it is closed as soon as it is accepted.
+/// `max_connections` are open at once: one past it is closed as soon as it is accepted. Each
+/// must send the HTTP/2 preface within `handshake_timeout` of being accepted (see [`Preface`]).
 fn incoming(
     listener: TcpListener,
     bounds: &GatewayConfig,
@@ -234,6 +259,7 @@ fn incoming(
     let slots = Arc::new(Semaphore::new(bounds.max_connections as usize));
     let keepalive = TcpKeepalive::new().with_time(bounds.tcp_keepalive);
     let max_connections = bounds.max_connections;
+    let handshake_timeout = bounds.handshake_timeout;
     TcpListenerStream::new(listener).filter_map(move |accepted| {
         let result = match accepted {
             Err(e) => Some(Err(e)),
@@ -256,6 +282,7 @@ fn incoming(
                     Some(Ok(Connection {
                         io: Io::Plain(stream),
                         _slot: slot,
+                        preface: Some(Preface::new(handshake_timeout)),
                     }))
                 }
             },
@@ -265,15 +292,15 @@ fn incoming(
 }
 
 /// The connections of `plain` after a TLS handshake each, run concurrently (a slow client
-/// holds up no other) under `HANDSHAKE_TIMEOUT`; a failed handshake (a plaintext client, an
-/// untrusted client certificate) closes the connection. At most `HANDSHAKES` handshaken
-/// connections wait for the server to take them.
+/// holds up no other) and ended, with the HTTP/2 preface that follows, by the connection's
+/// `gateway.handshake_timeout`; a failed handshake (a plaintext client, an untrusted client
+/// certificate) closes the connection. At most `HANDSHAKES` handshaken connections wait for the
+/// server to take them.
 fn tls_incoming(
     plain: impl Stream<Item = std::io::Result<Connection>> + Send + 'static,
     tls: ReloadingTls,
 ) -> impl Stream<Item = std::io::Result<Connection>> {
     const HANDSHAKES: usize = 64;
-    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES);
     tokio::spawn(async move {
         let mut plain = Box::pin(plain);
@@ -292,19 +319,28 @@ fn tls_incoming(
                 }
                 Some(Ok(c)) => c,
             };
-            let Io::Plain(stream) = connection.io else {
+            let Connection {
+                io: Io::Plain(stream),
+                _slot: slot,
+                preface,
+            } = connection
+            else {
                 continue;
             };
-            let slot = connection._slot;
+            let deadline = preface.as_ref().map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(10),
+                Preface::deadline,
+            );
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx
                             .send(Ok(Connection {
                                 io: Io::Tls(Box::new(stream)),
                                 _slot: slot,
+                                preface,
                             }))
                             .await;
                     }
@@ -321,6 +357,35 @@ fn tls_incoming(
 pub(crate) struct Connection {
     io: Io,
     _slot: OwnedSemaphorePermit,
+    /// Until the HTTP/2 preface has been read (gRPC connections only).
+    preface: Option<Preface>,
+}
+
+/// The deadline of a gRPC connection's HTTP/2 connection preface (`gateway.handshake_timeout`
+/// from its accept): hyper waits for it without limit, so a client that connects and stays
+/// silent would hold its `max_connections` slot for as long as it likes. A read that finds the
+/// deadline passed before the preface's 24 bytes fails with `TimedOut`, and hyper closes the
+/// connection.
+struct Preface {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Bytes of the preface still to come.
+    remaining: usize,
+}
+
+impl Preface {
+    /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, the first bytes of every HTTP/2 connection.
+    const LEN: usize = 24;
+
+    fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            remaining: Self::LEN,
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.deadline.deadline()
+    }
 }
 
 enum Io {
@@ -334,6 +399,7 @@ impl Connection {
         Self {
             io: Io::Plain(stream),
             _slot: slot,
+            preface: None,
         }
     }
 
@@ -345,6 +411,7 @@ impl Connection {
         Self {
             io: Io::Tls(Box::new(stream)),
             _slot: slot,
+            preface: None,
         }
     }
 
@@ -370,10 +437,32 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.io {
+        let this = &mut *self;
+        if let Some(preface) = &mut this.preface
+            && preface.deadline.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!(
+                "closing a connection: no HTTP/2 preface within gateway.handshake_timeout"
+            );
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within gateway.handshake_timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let (Poll::Ready(Ok(())), Some(preface)) = (&read, &mut this.preface) {
+            preface.remaining = preface
+                .remaining
+                .saturating_sub(buf.filled().len() - before);
+            if preface.remaining == 0 {
+                this.preface = None;
+            }
         }
+        read
     }
 }
 
@@ -443,6 +532,44 @@ mod tests {
                 .keepalive()
                 .expect("read SO_KEEPALIVE")
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_the_http2_preface_in_time_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bounds = GatewayConfig {
+            handshake_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let mut accepted = Box::pin(incoming(listener, &bounds));
+        let mut buf = [0u8; 64];
+
+        // Silent: the read fails once the deadline passes.
+        let _silent = TcpStream::connect(addr).await.expect("connect");
+        let mut server_side = accepted.next().await.expect("a connection").expect("ok");
+        let started = std::time::Instant::now();
+        let err = server_side.read(&mut buf).await.expect_err("timed out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+
+        // The preface in two pieces, in time: later reads wait as long as they like.
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let mut server_side = accepted.next().await.expect("a connection").expect("ok");
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n")
+            .await
+            .expect("write");
+        let mut got = server_side.read(&mut buf).await.expect("read");
+        client.write_all(b"\r\nSM\r\n\r\n").await.expect("write");
+        while got < 24 {
+            got += server_side.read(&mut buf).await.expect("read");
+        }
+        assert!(server_side.preface.is_none(), "the deadline is gone");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        client.write_all(b"x").await.expect("write");
+        assert_eq!(server_side.read(&mut buf).await.expect("no deadline"), 1);
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{Instrument, Span};
 
 use crate::{Caller, Gateway, GatewayError};
@@ -783,23 +783,17 @@ fn status_index(status: RewardStatus) -> usize {
     }
 }
 
-/// The end of a session whose request stream failed: a request that cannot be decoded is the
+/// The end of a session whose request stream failed: a request that cannot be decoded (bytes
+/// that are not a request, a truncated message, one over `gateway.max_message_bytes`) is the
 /// client's error (`INVALID_ARGUMENT`, naming what could not be read); any other failure of the
 /// stream means the client is gone or broke the stream, and the session's record stays.
 fn unreadable(status: Status, at: &str, session: &str) -> Result<(String, Ended), GatewayError> {
-    let message = status.message();
-    let is_decode =
-        status.code() == Code::Internal && message.starts_with("failed to decode Protobuf message");
-    let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
-    if too_large {
-        Err(GatewayError::Unreadable(format!(
-            "{at}: {message} (limit gateway.max_message_bytes)"
-        )))
-    } else if is_decode {
-        Err(GatewayError::Unreadable(format!("{at}: {message}")))
-    } else {
-        tracing::debug!(session, %status, "client stream broke; the session's record stays for a resume");
-        Ok((session.to_owned(), Ended::ClientLeft))
+    match crate::error::undecodable(&status) {
+        Some(why) => Err(GatewayError::Unreadable(format!("{at}: {why}"))),
+        None => {
+            tracing::debug!(session, %status, "client stream broke; the session's record stays for a resume");
+            Ok((session.to_owned(), Ended::ClientLeft))
+        }
     }
 }
 
@@ -1037,6 +1031,16 @@ mod tests {
             Err(GatewayError::Unreadable(m)) => {
                 assert!(
                     m.starts_with("request 3 of the stream: failed to decode"),
+                    "{m}"
+                );
+            }
+            other => panic!("{:?}", other.map(|(id, _)| id)),
+        }
+        let truncated = Status::internal("Unexpected EOF decoding stream.");
+        match unreadable(truncated, "request 2 of the stream", "s") {
+            Err(GatewayError::Unreadable(m)) => {
+                assert!(
+                    m.starts_with("request 2 of the stream: truncated message"),
                     "{m}"
                 );
             }

@@ -176,6 +176,11 @@ pub struct GatewayConfig {
     /// TCP keep-alive probes on trainer connections after this much silence.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
+    /// A gRPC connection must complete its TLS handshake (with TLS) and send the HTTP/2
+    /// connection preface within this long of being accepted, or it is closed: a client that
+    /// connects and stays silent holds no `max_connections` slot for longer.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// PEM certificate chain: with `tls_key`, gRPC and HTTP are served over TLS only (the
     /// files are reloaded when they change; new connections get the new certificate).
     pub tls_cert: Option<PathBuf>,
@@ -203,6 +208,7 @@ impl Default for GatewayConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             tcp_keepalive: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -822,6 +828,7 @@ fn gateway_bounds_problems(g: &GatewayConfig, p: &mut Vec<ConfigProblem>) {
         ),
         ("gateway.http2_keepalive_timeout", g.http2_keepalive_timeout),
         ("gateway.tcp_keepalive", g.tcp_keepalive),
+        ("gateway.handshake_timeout", g.handshake_timeout),
     ] {
         if value < Duration::from_secs(1) {
             p.push(ConfigProblem::new(key, "must be at least 1s"));

@@ -47,6 +47,7 @@ heartbeat_interval = "500ms"
 [gateway]
 max_in_flight = 0
 default_profile = "nope"
+handshake_timeout = "0s"
 
 [profile.p]
 components = [
@@ -65,6 +66,10 @@ normalize = "clip"
     );
     assert!(
         has("gateway.max_in_flight: must be at least 1"),
+        "{rendered:#?}"
+    );
+    assert!(
+        has("gateway.handshake_timeout: must be at least 1s"),
         "{rendered:#?}"
     );
     assert!(has(
