@@ -42,7 +42,13 @@ impl Ca {
 
     /// A certificate for `localhost` signed by this CA: (certificate PEM, key PEM).
     fn leaf(&self) -> (String, String) {
-        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        self.leaf_named("localhost")
+    }
+
+    /// A certificate whose subject's common name and DNS name are `name`.
+    fn leaf_named(&self, name: &str) -> (String, String) {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -112,14 +118,25 @@ async fn grpc_ok(port: u16, ca: &str, identity: Option<&(String, String)>) -> bo
 
 /// `GET /health` over TLS (HTTP/1.1) trusting `ca`: the status line.
 async fn https_health(port: u16, ca: &str) -> Option<String> {
+    https_get(port, ca, None, "/health").await
+}
+
+/// `GET path` over TLS (HTTP/1.1) trusting `ca`, with a client certificate if any: the status
+/// line.
+async fn https_get(
+    port: u16,
+    ca: &str,
+    identity: Option<&(String, String)>,
+    path: &str,
+) -> Option<String> {
     let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(ca, None, b"http/1.1")));
+        tokio_rustls::TlsConnector::from(Arc::new(client_config(ca, identity, b"http/1.1")));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.ok()?;
-    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.ok()?;
     let mut text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut tls, &mut text)
         .await
@@ -135,13 +152,17 @@ fn write_pair(dir: &Path, (cert, key): &(String, String)) {
 }
 
 fn gateway(dir: &Path, client_ca: bool) -> (Process, u16, u16) {
+    gateway_with(dir, client_ca, "")
+}
+
+fn gateway_with(dir: &Path, client_ca: bool, extra: &str) -> (Process, u16, u16) {
     let (grpc, http) = (free_port().unwrap(), free_port().unwrap());
     let ca_key = if client_ca {
         "tls_client_ca = \"clients.pem\"\n"
     } else {
         ""
     };
-    let text = config_text(None, "").replace(
+    let text = config_text(None, extra).replace(
         "[gateway]\nlisten = \"127.0.0.1:0\"\n",
         &format!(
             "[gateway]\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
@@ -223,6 +244,64 @@ async fn with_a_client_ca_only_its_clients_are_served() {
     assert!(
         grpc_ok(grpc, &server.pem(), Some(&clients.leaf())).await,
         "a client certificate of the client CA was refused"
+    );
+}
+
+/// A tenant named by its client certificate (`tls_subject`): with no bearer token, a client whose
+/// verified certificate carries the name is that tenant (its profiles only); a certificate of
+/// the same CA naming no tenant is `UNAUTHENTICATED` unless it sends a tenant's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_tenant() {
+    use rewardfleet_proto::v1::ScoreBatchRequest;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Ca::new("server CA");
+    write_pair(dir.path(), &server.leaf());
+    let clients = Ca::new("client CA");
+    std::fs::write(dir.path().join("clients.pem"), clients.pem()).unwrap();
+    std::fs::write(dir.path().join("dave.token"), "dave-token-0123456789").unwrap();
+    let tenants = "[[tenant]]\nname = \"carol\"\ntls_subject = \"trainer-carol\"\nprofiles = [\"e2e\"]\n\n\
+                   [[tenant]]\nname = \"dave\"\ntoken_file = \"dave.token\"\nprofiles = [\"ranked\"]\n";
+    let (_gw, grpc, http) = gateway_with(dir.path(), true, tenants);
+    let carol = clients.leaf_named("trainer-carol");
+    let stranger = clients.leaf_named("someone-else");
+
+    let batch = |profile: &str| ScoreBatchRequest {
+        profile: profile.into(),
+        candidates: vec![candidate(0)],
+    };
+    let mut as_carol = RewardServiceClient::new(tls_channel(grpc, &server.pem(), Some(&carol)).await.unwrap());
+    let rewards = as_carol.score_batch(batch("e2e")).await.unwrap().into_inner();
+    assert_eq!(rewards.rewards.len(), 1);
+    let denied = as_carol.score_batch(batch("ranked")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("carol"), "{}", denied.message());
+
+    let mut as_stranger =
+        RewardServiceClient::new(tls_channel(grpc, &server.pem(), Some(&stranger)).await.unwrap());
+    let refused = as_stranger.score_batch(batch("e2e")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // A token names its tenant whatever the certificate.
+    let mut request = tonic::Request::new(batch("ranked"));
+    request.metadata_mut().insert(
+        "authorization",
+        "Bearer dave-token-0123456789".parse().unwrap(),
+    );
+    assert!(as_stranger.score_batch(request).await.is_ok());
+
+    // The same over HTTP.
+    assert_eq!(
+        https_get(http, &server.pem(), Some(&carol), "/profiles")
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        https_get(http, &server.pem(), Some(&stranger), "/profiles")
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 401 Unauthorized")
     );
 }
 

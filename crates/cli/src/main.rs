@@ -467,7 +467,11 @@ fn tenant_tokens(config: &Config) -> anyhow::Result<std::collections::HashMap<St
                 })?;
                 (format!("tenant[{i}].token_file"), token)
             }
-            (None, None) => bail!("tenant[{i}].token_env: a tenant needs token_env or token_file"),
+            // Named by its client certificate alone.
+            (None, None) if tenant.tls_subject.is_some() => continue,
+            (None, None) => bail!(
+                "tenant[{i}].token_env: a tenant needs an identity: token_env, token_file or tls_subject"
+            ),
         };
         let token = token.trim().to_owned();
         if token.is_empty() {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::serve::IncomingStream;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -206,16 +208,21 @@ impl HttpApi {
             .map_err(Error::from_status)
     }
 
-    /// The caller of a request, from its `Authorization: Bearer <token>` header (never logged);
-    /// recorded on `span`.
-    fn caller(&self, headers: &HeaderMap, span: &tracing::Span) -> Result<Caller, Error> {
+    /// The caller of a request, from its `Authorization: Bearer <token>` header (never logged)
+    /// or, without one, its connection's client certificate; recorded on `span`.
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: &ClientNames,
+        span: &tracing::Span,
+    ) -> Result<Caller, Error> {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let caller = self
             .inner
             .gateway
-            .authenticate(authorization)
+            .authenticate(authorization, &peer.0)
             .map_err(|e| Error::from_status(e.into()))?;
         if let Some(t) = &caller {
             span.record("rewardfleet.tenant", t.name());
@@ -530,11 +537,12 @@ async fn get_reward(
     State(api): State<HttpApi>,
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
+    peer: ClientNames,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = http_span("/get_reward", &headers);
     let answer = match params {
-        Ok(Query(params)) => match api.caller(&headers, &span) {
+        Ok(Query(params)) => match api.caller(&headers, &peer, &span) {
             Ok(caller) => {
                 openrlhf(&api, caller, &params, body)
                     .instrument(span.clone())
@@ -790,11 +798,12 @@ async fn slime_reward(
     State(api): State<HttpApi>,
     params: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,
+    peer: ClientNames,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let span = http_span("/reward", &headers);
     let answer = match params {
-        Ok(Query(params)) => match api.caller(&headers, &span) {
+        Ok(Query(params)) => match api.caller(&headers, &peer, &span) {
             Ok(caller) => {
                 slime(&api, caller, &params, body)
                     .instrument(span.clone())
@@ -970,8 +979,12 @@ fn slime_candidate(
 }
 
 /// `GET /profiles`: the profiles served, their components, and the default.
-async fn profiles(State(api): State<HttpApi>, headers: HeaderMap) -> Response {
-    if let Err(e) = api.caller(&headers, &tracing::Span::none()) {
+async fn profiles(
+    State(api): State<HttpApi>,
+    headers: HeaderMap,
+    peer: ClientNames,
+) -> Response {
+    if let Err(e) = api.caller(&headers, &peer, &tracing::Span::none()) {
         return e.into_response();
     }
     let profiles: Vec<Value> = api
@@ -1056,13 +1069,18 @@ pub async fn serve_http(
                     slots,
                     max,
                 },
-                api.router(),
+                api.router()
+                    .into_make_service_with_connect_info::<ClientNames>(),
             )
             .with_graceful_shutdown(stop)
             .into_future(),
         ),
         Some(tls) => Box::pin(
-            axum::serve(TlsListener::new(listener, tls, slots), api.router())
+            axum::serve(
+                TlsListener::new(listener, tls, slots),
+                api.router()
+                    .into_make_service_with_connect_info::<ClientNames>(),
+            )
                 .with_graceful_shutdown(stop)
                 .into_future(),
         ),
@@ -1073,6 +1091,39 @@ pub async fn serve_http(
             tracing::warn!("HTTP connections still open after the drain; closing");
             Ok(())
         }
+    }
+}
+
+/// The names of the verified client certificate of a request's connection (none over
+/// plaintext, without one, or when the router is served without connection info); they may
+/// name a tenant (`tls_subject`).
+#[derive(Debug, Clone, Default)]
+struct ClientNames(Arc<[String]>);
+
+impl Connected<IncomingStream<'_, CountedListener>> for ClientNames {
+    fn connect_info(_: IncomingStream<'_, CountedListener>) -> Self {
+        Self::default()
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientNames {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Self(stream.io().client_names())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientNames {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ConnectInfo<ClientNames>>()
+            .map(|c| c.0.clone())
+            .unwrap_or_default())
     }
 }
 

@@ -121,12 +121,18 @@ impl Gateway {
         }
     }
 
-    /// The caller presenting `authorization` (the value of that header or metadata, if any).
+    /// The caller presenting `authorization` (the value of that header or metadata, if any);
+    /// without a token, the tenant whose `tls_subject` is among `client_names` (the names of
+    /// the connection's verified client certificate).
     ///
     /// # Errors
-    /// `Unauthenticated` when tenants are configured and the token is missing or unknown.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, GatewayError> {
-        self.inner.tenants.authenticate(authorization)
+    /// `Unauthenticated` when tenants are configured and neither names one.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client_names: &[String],
+    ) -> Result<Caller, GatewayError> {
+        self.inner.tenants.authenticate(authorization, client_names)
     }
 
     /// The tenants with a `judge_tokens_per_hour` quota, whose spend the fleet's gateways share.

@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -52,7 +52,11 @@ impl RewardApi {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match self.gateway.authenticate(authorization) {
+        let client_names = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map_or_else(|| Arc::from([]), |p| Arc::clone(&p.client_names));
+        match self.gateway.authenticate(authorization, &client_names) {
             Ok(caller) => {
                 if let Some(t) = &caller {
                     span.record("rewardfleet.tenant", t.name());
@@ -414,20 +418,32 @@ impl Connection {
             preface: None,
         }
     }
+}
 
-    fn tcp(&self) -> &TcpStream {
+/// What a request knows of its connection: the names of its verified client certificate (none
+/// over plaintext or without one), which may name a tenant (`tls_subject`).
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    pub(crate) client_names: Arc<[String]>,
+}
+
+impl Connection {
+    /// The names of the client certificate this connection presented (none over plaintext).
+    pub(crate) fn client_names(&self) -> Arc<[String]> {
         match &self.io {
-            Io::Plain(s) => s,
-            Io::Tls(s) => s.get_ref().0,
+            Io::Plain(_) => Arc::from([]),
+            Io::Tls(s) => crate::tls::client_names(s.get_ref().1),
         }
     }
 }
 
 impl Connected for Connection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp().connect_info()
+        PeerInfo {
+            client_names: self.client_names(),
+        }
     }
 }
 

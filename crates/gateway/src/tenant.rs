@@ -18,6 +18,8 @@ pub struct Tenant {
     name: String,
     /// SHA-256 of its token: every comparison has the same length and takes the same time.
     token_digest: Option<[u8; 32]>,
+    /// The client-certificate name that identifies it, if any (`tls_subject`).
+    tls_subject: Option<String>,
     /// Profiles it may use; empty: all.
     profiles: Vec<String>,
     /// Its open sessions (`max_sessions`), when limited.
@@ -58,6 +60,7 @@ impl Tenants {
                 Arc::new(Tenant {
                     name: c.name.clone(),
                     token_digest: tokens.get(&c.name).map(|t| digest(t)),
+                    tls_subject: c.tls_subject.clone(),
                     profiles: c.profiles.clone(),
                     sessions: c
                         .max_sessions
@@ -92,11 +95,17 @@ impl Tenants {
         !self.list.is_empty()
     }
 
-    /// The tenant whose token is `bearer` (an `authorization: Bearer <token>` value).
+    /// The caller: the tenant whose token is in `authorization` (an `authorization: Bearer
+    /// <token>` value) or, without one, the tenant whose `tls_subject` is among `client_names`
+    /// (the names of the verified client certificate, if any).
     ///
     /// # Errors
-    /// `Unauthenticated` when tenants are configured and the token is missing or matches none.
-    pub(crate) fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, GatewayError> {
+    /// `Unauthenticated` when tenants are configured and neither names one.
+    pub(crate) fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client_names: &[String],
+    ) -> Result<Caller, GatewayError> {
         if !self.required() {
             return Ok(None);
         }
@@ -106,12 +115,25 @@ impl Tenants {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                GatewayError::Unauthenticated(
-                    "send `authorization: Bearer <token>` (this gateway has tenants)".into(),
-                )
-            })?;
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return self
+                .list
+                .iter()
+                .find(|t| {
+                    t.tls_subject
+                        .as_ref()
+                        .is_some_and(|s| client_names.contains(s))
+                })
+                .map(|t| Some(Arc::clone(t)))
+                .ok_or_else(|| {
+                    GatewayError::Unauthenticated(
+                        "send `authorization: Bearer <token>` or a client certificate of a tenant \
+                         (this gateway has tenants)"
+                            .into(),
+                    )
+                });
+        };
         let presented = digest(token);
         // Every tenant is compared, whatever matches: the time taken says nothing.
         let mut found = None;
@@ -410,10 +432,10 @@ mod tests {
     #[test]
     fn tokens_pick_their_tenant_and_nothing_else_passes() {
         let t = tenants();
-        let alice = t.authenticate(Some("Bearer token-a")).unwrap().unwrap();
+        let alice = t.authenticate(Some("Bearer token-a"), &[]).unwrap().unwrap();
         assert_eq!(alice.name(), "alice");
         assert_eq!(
-            t.authenticate(Some("Bearer token-b"))
+            t.authenticate(Some("Bearer token-b"), &[])
                 .unwrap()
                 .unwrap()
                 .name(),
@@ -426,17 +448,17 @@ mod tests {
             Some("Bearer token-c"),
         ] {
             assert!(
-                matches!(t.authenticate(bad), Err(GatewayError::Unauthenticated(_))),
+                matches!(t.authenticate(bad, &[]), Err(GatewayError::Unauthenticated(_))),
                 "{bad:?}"
             );
         }
-        assert!(Tenants::default().authenticate(None).unwrap().is_none());
+        assert!(Tenants::default().authenticate(None, &[]).unwrap().is_none());
     }
 
     #[test]
     fn profiles_sessions_and_quotas_are_the_tenants_own() {
         let t = tenants();
-        let alice = t.authenticate(Some("Bearer token-a")).unwrap().unwrap();
+        let alice = t.authenticate(Some("Bearer token-a"), &[]).unwrap().unwrap();
         assert!(alice.check_profile("math").is_ok());
         assert!(matches!(
             alice.check_profile("code"),
@@ -502,7 +524,7 @@ mod tests {
             &HashMap::from([("carol".to_owned(), "token-c".to_owned())]),
         );
         let carol = tenants
-            .authenticate(Some("Bearer token-c"))
+            .authenticate(Some("Bearer token-c"), &[])
             .unwrap()
             .unwrap();
         carol.admit(8).unwrap();

@@ -13,6 +13,33 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
+/// The names of the client certificate a connection presented (verified against
+/// `gateway.tls_client_ca` during the handshake): its subject's common names, then its DNS and
+/// URI subject alternative names. None without a client certificate.
+pub(crate) fn client_names(connection: &rustls::ServerConnection) -> Arc<[String]> {
+    use x509_parser::extensions::GeneralName;
+    let Some(cert) = connection.peer_certificates().and_then(<[_]>::first) else {
+        return Arc::from([]);
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Arc::from([]);
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::URI(n) => names.push((*n).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    names.into()
+}
+
 /// Where the certificate, key and optional client CA bundle are.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {

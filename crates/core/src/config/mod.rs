@@ -684,8 +684,23 @@ impl Config {
         let profiles = self.profile_names();
         let mut tenant_names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut token_sources: BTreeMap<String, usize> = BTreeMap::new();
+        let mut subjects: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, tenant) in self.tenant.iter().enumerate() {
             tenant.problems(&format!("tenant[{i}]"), &profiles, &mut p);
+            if let Some(subject) = &tenant.tls_subject {
+                if self.gateway.tls_client_ca.is_none() {
+                    p.push(ConfigProblem::new(
+                        format!("tenant[{i}].tls_subject"),
+                        "needs gateway.tls_client_ca: only verified client certificates name a tenant",
+                    ));
+                }
+                if let Some(first) = subjects.insert(subject, i) {
+                    p.push(ConfigProblem::new(
+                        format!("tenant[{i}].tls_subject"),
+                        format!("the same subject as tenant[{first}]; each tenant needs its own"),
+                    ));
+                }
+            }
             // Two tenants reading one source would share a token (the gateway also refuses two
             // equal tokens at start, wherever they come from).
             let source = match (&tenant.token_env, &tenant.token_file) {

@@ -17,6 +17,10 @@ pub struct TenantConfig {
     pub token_env: Option<String>,
     /// File that holds its bearer token.
     pub token_file: Option<PathBuf>,
+    /// A name in the client certificate that identifies it (mTLS, `gateway.tls_client_ca`): the
+    /// subject's common name or a DNS or URI subject alternative name. A call with no bearer
+    /// token whose verified certificate carries it is this tenant's.
+    pub tls_subject: Option<String>,
     /// Profiles it may use; empty: all of them.
     pub profiles: Vec<String>,
     /// Its open `Score` sessions at most, on one gateway.
@@ -49,15 +53,21 @@ impl TenantConfig {
             ));
         }
         match (&self.token_env, &self.token_file) {
-            (None, None) => p.push(ConfigProblem::new(
+            (None, None) if self.tls_subject.is_none() => p.push(ConfigProblem::new(
                 format!("{path}.token_env"),
-                "a tenant needs a token source: token_env or token_file",
+                "a tenant needs an identity: token_env, token_file or tls_subject",
             )),
             (Some(_), Some(_)) => p.push(ConfigProblem::new(
                 format!("{path}.token_file"),
                 "give token_env or token_file, not both",
             )),
             _ => {}
+        }
+        if self.tls_subject.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            p.push(ConfigProblem::new(
+                format!("{path}.tls_subject"),
+                "must not be empty",
+            ));
         }
         for (i, name) in self.profiles.iter().enumerate() {
             if !profiles.contains(name) {

@@ -43,6 +43,8 @@ fn semantic_problems_are_all_reported() {
 url = "nats://x:4222"
 duplicate_window = "10s"
 heartbeat_interval = "500ms"
+jobs_max_messages = 0
+jobs_max_bytes = 1000
 
 [gateway]
 max_in_flight = 0
@@ -64,6 +66,11 @@ normalize = "clip"
         has("nats.heartbeat_interval: must be at least 1s"),
         "{rendered:#?}"
     );
+    assert!(
+        has("nats.jobs_max_messages: must be at least 1"),
+        "{rendered:#?}"
+    );
+    assert!(has("nats.jobs_max_bytes: must hold"), "{rendered:#?}");
     assert!(
         has("gateway.max_in_flight: must be at least 1"),
         "{rendered:#?}"
@@ -219,4 +226,36 @@ fn tenants_are_checked_with_their_key_paths() {
         !paths.iter().any(|p| p.starts_with("tenant[0]")),
         "{paths:?}"
     );
+}
+
+#[test]
+fn a_tenant_named_by_certificate_needs_the_client_ca_and_a_subject_of_its_own() {
+    let text = r#"
+[[tenant]]
+name = "a"
+tls_subject = "trainer"
+
+[[tenant]]
+name = "b"
+tls_subject = "trainer"
+
+[[tenant]]
+name = "c"
+"#;
+    let problems = Config::parse(text).unwrap().problems();
+    let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| rendered.iter().any(|p| p.contains(needle));
+    assert!(
+        has("tenant[0].tls_subject: needs gateway.tls_client_ca"),
+        "{rendered:#?}"
+    );
+    assert!(
+        has("tenant[1].tls_subject: the same subject as tenant[0]"),
+        "{rendered:#?}"
+    );
+    assert!(
+        has("tenant[2].token_env: a tenant needs an identity"),
+        "{rendered:#?}"
+    );
+    assert!(!has("tenant[0].token_env"), "{rendered:#?}");
 }
