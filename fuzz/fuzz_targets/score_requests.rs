@@ -6,9 +6,12 @@
 //! `accepted` per valid batch, in order; every reward is for a candidate accepted in the
 //! session, at most once per stream, FAILED exactly when the candidate breaks a `[limits]`
 //! check; a stream with a contract breach (bad `open`, a second `open`, an empty request, an
-//! invalid batch, an undecodable message) ends with `INVALID_ARGUMENT` and nothing else; `closed`
-//! comes only once every candidate ever accepted in the session has had its reward (on this
-//! stream or an earlier one), and carries the count sent on this stream; nothing hangs.
+//! invalid batch, an undecodable message) ends with `INVALID_ARGUMENT` and nothing else, one
+//! naming a profile its tenant may not use with `PERMISSION_DENIED`; `closed` comes only once
+//! every candidate ever accepted in the session has had its reward (on this stream or an earlier
+//! one), and carries the count sent on this stream; once a stream has ended, the gateway counts
+//! no session open and no candidate in flight; nothing hangs. Streams run anonymously, or as a
+//! tenant that may use profile `a` only.
 
 #![no_main]
 
@@ -54,6 +57,14 @@ components = [{ rule = "exact_match" }]
 
 [profile.b]
 components = [{ rule = "max_chars", limit = 10 }]
+"#;
+
+/// The tenant of the streams that run as one: profile `a` only.
+const TENANT: &str = r#"
+[[tenant]]
+name = "t"
+token_env = "RF_FUZZ_TENANT_TOKEN"
+profiles = ["a"]
 "#;
 
 /// Candidate ids: few, so that they repeat; no more than the ids a session remembers as
@@ -172,6 +183,7 @@ fn request(r: &Req) -> Result<ScoreRequest, Status> {
 enum End {
     Closed,
     Invalid,
+    Denied,
     Left,
 }
 
@@ -223,12 +235,18 @@ fn rejected(c: &Candidate) -> bool {
         || c.reference.as_ref().is_some_and(|r| r.len() > 16)
 }
 
-fn expect(requests: &[Req]) -> Expected {
-    let invalid = || Expected {
+/// Whether `profile` (as resolved) is refused to the caller.
+fn denied(tenant: bool, profile: &str) -> bool {
+    tenant && profile == "b"
+}
+
+fn expect(requests: &[Req], tenant: bool) -> Expected {
+    let refused = |end| Expected {
         opened: None,
         batches: Vec::new(),
-        end: End::Invalid,
+        end,
     };
+    let invalid = || refused(End::Invalid);
     let (session, profile, window) = match requests.first() {
         None | Some(Req::Broken { undecodable: false }) => {
             return Expected {
@@ -250,6 +268,9 @@ fn expect(requests: &[Req]) -> Expected {
             let window = u32::from(*max_in_flight % 10);
             if session.contains(' ') || profile == "unknown" || window > 8 {
                 return invalid();
+            }
+            if denied(tenant, profile) {
+                return refused(End::Denied);
             }
             (session, profile, if window == 0 { 4 } else { window })
         }
@@ -277,7 +298,19 @@ fn expect(requests: &[Req]) -> Expected {
                 candidates,
             } => {
                 let candidates: Vec<Candidate> = candidates.iter().map(candidate).collect();
-                if pick(PROFILES, *profile) == "unknown" || !valid_batch(&candidates, &submitted) {
+                let batch_profile = match pick(PROFILES, *profile) {
+                    "" => profile_name(&expected),
+                    p => p,
+                };
+                if batch_profile == "unknown" {
+                    expected.end = End::Invalid;
+                    break;
+                }
+                if denied(tenant, batch_profile) {
+                    expected.end = End::Denied;
+                    break;
+                }
+                if !valid_batch(&candidates, &submitted) {
                     expected.end = End::Invalid;
                     break;
                 }
@@ -287,6 +320,14 @@ fn expect(requests: &[Req]) -> Expected {
         }
     }
     expected
+}
+
+/// The session's profile, once opened.
+fn profile_name(expected: &Expected) -> &'static str {
+    match expected.opened.as_ref().map(|(_, p, _)| p.as_str()) {
+        Some("b") => "b",
+        _ => "a",
+    }
 }
 
 /// A worker that answers every job at once: OK rewards for all its candidates.
@@ -330,20 +371,46 @@ struct SessionModel {
 }
 
 /// Runs one stream and checks it against the model.
-async fn stream(gateway: &Gateway, requests: &[Req], sessions: &mut HashMap<String, SessionModel>) {
-    let expected = expect(requests);
+async fn stream(
+    gateway: &Gateway,
+    tenant: bool,
+    requests: &[Req],
+    sessions: &mut HashMap<String, SessionModel>,
+) {
+    let expected = expect(requests, tenant);
     let items: Vec<Result<ScoreRequest, Status>> = requests.iter().map(request).collect();
-    let responses = gateway.score(futures::stream::iter(items), CancellationToken::new());
+    let caller = if tenant {
+        gateway
+            .authenticate(Some("Bearer fuzz-token"), &[])
+            .expect("the tenant's token")
+    } else {
+        None
+    };
+    let responses = gateway.score_as(
+        caller,
+        futures::stream::iter(items),
+        CancellationToken::new(),
+    );
     let responses: Vec<Result<ScoreResponse, Status>> =
         tokio::time::timeout(Duration::from_secs(24 * 3600), responses.collect())
             .await
             .expect("the session ends");
+
+    let stats = gateway.stats();
+    assert_eq!(
+        (stats.sessions, stats.in_flight),
+        (0, 0),
+        "a stream that ended leaves nothing counted"
+    );
 
     let mut responses = responses.into_iter();
     let Some((session, profile, window)) = expected.opened else {
         match (expected.end, responses.next()) {
             (End::Invalid, Some(Err(status))) => {
                 assert_eq!(status.code(), Code::InvalidArgument, "{status:?}")
+            }
+            (End::Denied, Some(Err(status))) => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{status:?}")
             }
             (End::Left, None) => {}
             (end, got) => panic!("expected {end:?} before `opened`, got {got:?}"),
@@ -441,8 +508,11 @@ async fn stream(gateway: &Gateway, requests: &[Req], sessions: &mut HashMap<Stri
                 break;
             }
             Err(status) => {
-                assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-                end = End::Invalid;
+                end = match status.code() {
+                    Code::InvalidArgument => End::Invalid,
+                    Code::PermissionDenied => End::Denied,
+                    _ => panic!("unexpected status {status:?}"),
+                };
                 break;
             }
             other => panic!("unexpected response {other:?}"),
@@ -464,11 +534,25 @@ async fn stream(gateway: &Gateway, requests: &[Req], sessions: &mut HashMap<Stri
     }
 }
 
-fuzz_target!(|streams: Vec<Vec<Req>>| {
+#[derive(Debug, Arbitrary)]
+struct Input {
+    /// Every stream runs as the tenant (else anonymously, on a gateway without tenants).
+    tenant: bool,
+    streams: Vec<Vec<Req>>,
+}
+
+fuzz_target!(|input: Input| {
+    let Input { tenant, streams } = input;
     if streams.len() > 4 || streams.iter().any(|s| s.len() > 12) {
         return;
     }
-    let config = Config::from_toml(CONFIG).expect("the fuzz configuration is valid");
+    let text = if tenant {
+        format!("{CONFIG}{TENANT}")
+    } else {
+        CONFIG.to_owned()
+    };
+    let config = Config::from_toml(&text).expect("the fuzz configuration is valid");
+    let tokens = HashMap::from([("t".to_owned(), "fuzz-token".to_owned())]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -477,11 +561,11 @@ fuzz_target!(|streams: Vec<Vec<Req>>| {
     runtime.block_on(async {
         // Every entry of a session's record retained, as JetStream does for `results_max_age`.
         let queue = Arc::new(InProcessQueue::new(&config.worker, 1 << 16));
-        let gateway = Gateway::new(&config, Arc::clone(&queue) as Arc<dyn Queue>);
+        let gateway = Gateway::with_tenants(&config, Arc::clone(&queue) as Arc<dyn Queue>, &tokens);
         let worker = tokio::spawn(worker(Arc::clone(&queue)));
         let mut sessions = HashMap::new();
         for requests in &streams {
-            stream(&gateway, requests, &mut sessions).await;
+            stream(&gateway, tenant, requests, &mut sessions).await;
         }
         queue.close();
         let _ = worker.await;
