@@ -124,6 +124,11 @@ impl NatsServer {
         self.store.path()
     }
 
+    /// The server's process id while it runs (for reading its memory from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether the server process is running (not killed, not exited).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
