@@ -134,8 +134,7 @@ async fn https_get(
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.ok()?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.ok()?;
     let mut text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut tls, &mut text)
@@ -271,15 +270,26 @@ async fn a_client_certificate_names_its_tenant() {
         profile: profile.into(),
         candidates: vec![candidate(0)],
     };
-    let mut as_carol = RewardServiceClient::new(tls_channel(grpc, &server.pem(), Some(&carol)).await.unwrap());
-    let rewards = as_carol.score_batch(batch("e2e")).await.unwrap().into_inner();
+    let mut as_carol = RewardServiceClient::new(
+        tls_channel(grpc, &server.pem(), Some(&carol))
+            .await
+            .unwrap(),
+    );
+    let rewards = as_carol
+        .score_batch(batch("e2e"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rewards.rewards.len(), 1);
     let denied = as_carol.score_batch(batch("ranked")).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("carol"), "{}", denied.message());
 
-    let mut as_stranger =
-        RewardServiceClient::new(tls_channel(grpc, &server.pem(), Some(&stranger)).await.unwrap());
+    let mut as_stranger = RewardServiceClient::new(
+        tls_channel(grpc, &server.pem(), Some(&stranger))
+            .await
+            .unwrap(),
+    );
     let refused = as_stranger.score_batch(batch("e2e")).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     // A token names its tenant whatever the certificate.

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::connect_info::Connected;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
-use axum::serve::IncomingStream;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use rewardfleet_core::config::{Config, NormalizeKind};
 use rewardfleet_core::{Candidate, ChatMessage, Reward, RewardStatus};
 use rewardfleet_telemetry::TraceContext;
@@ -979,11 +979,7 @@ fn slime_candidate(
 }
 
 /// `GET /profiles`: the profiles served, their components, and the default.
-async fn profiles(
-    State(api): State<HttpApi>,
-    headers: HeaderMap,
-    peer: ClientNames,
-) -> Response {
+async fn profiles(State(api): State<HttpApi>, headers: HeaderMap, peer: ClientNames) -> Response {
     if let Err(e) = api.caller(&headers, &peer, &tracing::Span::none()) {
         return e.into_response();
     }
@@ -1081,8 +1077,8 @@ pub async fn serve_http(
                 api.router()
                     .into_make_service_with_connect_info::<ClientNames>(),
             )
-                .with_graceful_shutdown(stop)
-                .into_future(),
+            .with_graceful_shutdown(stop)
+            .into_future(),
         ),
     };
     tokio::select! {

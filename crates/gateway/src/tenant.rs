@@ -432,7 +432,10 @@ mod tests {
     #[test]
     fn tokens_pick_their_tenant_and_nothing_else_passes() {
         let t = tenants();
-        let alice = t.authenticate(Some("Bearer token-a"), &[]).unwrap().unwrap();
+        let alice = t
+            .authenticate(Some("Bearer token-a"), &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(alice.name(), "alice");
         assert_eq!(
             t.authenticate(Some("Bearer token-b"), &[])
@@ -448,17 +451,28 @@ mod tests {
             Some("Bearer token-c"),
         ] {
             assert!(
-                matches!(t.authenticate(bad, &[]), Err(GatewayError::Unauthenticated(_))),
+                matches!(
+                    t.authenticate(bad, &[]),
+                    Err(GatewayError::Unauthenticated(_))
+                ),
                 "{bad:?}"
             );
         }
-        assert!(Tenants::default().authenticate(None, &[]).unwrap().is_none());
+        assert!(
+            Tenants::default()
+                .authenticate(None, &[])
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn profiles_sessions_and_quotas_are_the_tenants_own() {
         let t = tenants();
-        let alice = t.authenticate(Some("Bearer token-a"), &[]).unwrap().unwrap();
+        let alice = t
+            .authenticate(Some("Bearer token-a"), &[])
+            .unwrap()
+            .unwrap();
         assert!(alice.check_profile("math").is_ok());
         assert!(matches!(
             alice.check_profile("code"),

@@ -63,7 +63,11 @@ impl TenantConfig {
             )),
             _ => {}
         }
-        if self.tls_subject.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if self
+            .tls_subject
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             p.push(ConfigProblem::new(
                 format!("{path}.tls_subject"),
                 "must not be empty",
