@@ -8,11 +8,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rewardfleet_core::{Candidate, ChatMessage};
 use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Latency};
 use rewardfleet_proto::v1::ScoreBatchRequest;
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
@@ -53,22 +51,6 @@ components = [{{ scorer = "judge", method = "reference" }}]
     )
 }
 
-fn candidates(tag: &str, n: usize) -> Vec<Candidate> {
-    (0..n)
-        .map(|i| Candidate {
-            id: format!("{tag}-{i:04}"),
-            group_id: format!("{tag}-g{}", i / 8),
-            prompt: vec![ChatMessage {
-                role: "user".into(),
-                content: format!("{tag}: what is {i} plus three?"),
-            }],
-            response: format!("It is {}.", i + 3),
-            reference: Some(format!("{}", i + 3)),
-            labels: HashMap::new(),
-        })
-        .collect()
-}
-
 /// A large session's backlog on the gateway at `port`, then one small `ScoreBatch` call a
 /// second later: (the call's latency, the large session's wall time).
 async fn batch_behind_backlog(port: u16, tag: &str) -> (Duration, Duration) {
@@ -80,7 +62,7 @@ async fn batch_behind_backlog(port: u16, tag: &str) -> (Duration, Duration) {
             &format!("{tag}-heavy"),
             "judged",
             2048,
-            &candidates(&format!("{tag}-heavy"), BACKLOG),
+            &judged_candidates(&format!("{tag}-heavy"), BACKLOG),
             8,
         );
         tokio::spawn(async move {
@@ -96,7 +78,7 @@ async fn batch_behind_backlog(port: u16, tag: &str) -> (Duration, Duration) {
     let rewards = client
         .score_batch(ScoreBatchRequest {
             profile: "judged".into(),
-            candidates: candidates(&format!("{tag}-batch"), 8),
+            candidates: judged_candidates(&format!("{tag}-batch"), 8),
         })
         .await
         .unwrap()

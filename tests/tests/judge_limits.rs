@@ -7,10 +7,8 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use rewardfleet_core::{Candidate, ChatMessage};
 use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig, Latency};
 use rewardfleet_proto::v1::reward_service_client::RewardServiceClient;
 use rewardfleet_testkit::{NatsServer, free_port};
@@ -66,23 +64,6 @@ components = [{{ scorer = "paced", method = "reference" }}]
     )
 }
 
-/// `n` candidates no cache has seen (`tag` keeps phases apart).
-fn candidates(tag: &str, n: usize) -> Vec<Candidate> {
-    (0..n)
-        .map(|i| Candidate {
-            id: format!("{tag}-{i:04}"),
-            group_id: format!("{tag}-g{}", i / 8),
-            prompt: vec![ChatMessage {
-                role: "user".into(),
-                content: format!("{tag}: what is {i} plus one?"),
-            }],
-            response: format!("It is {}.", i + 1),
-            reference: Some(format!("{}", i + 1)),
-            labels: HashMap::new(),
-        })
-        .collect()
-}
-
 /// Calls per second that `judge` answered in the steady part of a phase: from one second after
 /// its first call to one second before its last (the fleet filling up and draining left out).
 fn steady_rate(judge: &FakeJudge) -> f64 {
@@ -100,7 +81,7 @@ fn steady_rate(judge: &FakeJudge) -> f64 {
 
 /// Scores `n` candidates on `profile` over four concurrent sessions, in batches of 4.
 async fn score_phase(port: u16, profile: &str, tag: &str, n: usize) {
-    let all = candidates(tag, n);
+    let all = judged_candidates(tag, n);
     let sessions = all.chunks(n.div_ceil(4)).enumerate().map(|(s, part)| {
         let requests = session_requests(&format!("{tag}-s{s}"), profile, 64, part, 4);
         async move {

@@ -283,7 +283,6 @@ async fn tenants_authenticate_keep_to_their_profiles_sessions_and_quotas() {
 /// quota and a `retry-after` hint, while a tenant without that quota is still served there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_judge_tokens_are_counted_across_gateways() {
-    use rewardfleet_core::{Candidate, ChatMessage};
     use rewardfleet_fakejudge::{FakeJudge, FakeJudgeConfig};
     use rewardfleet_proto::v1::ScoreBatchRequest;
 
@@ -334,19 +333,7 @@ token_file = "bob.token"
 
     let batch = |tag: &str| ScoreBatchRequest {
         profile: "judged".into(),
-        candidates: (0..4)
-            .map(|i| Candidate {
-                id: format!("{tag}-{i}"),
-                group_id: tag.into(),
-                prompt: vec![ChatMessage {
-                    role: "user".into(),
-                    content: format!("{tag}: what is {i} plus two?"),
-                }],
-                response: format!("It is {}.", i + 2),
-                reference: Some(format!("{}", i + 2)),
-                labels: Default::default(),
-            })
-            .collect(),
+        candidates: judged_candidates(tag, 4),
     };
     let client = |port: u16| async move {
         RewardServiceClient::connect(format!("http://127.0.0.1:{port}"))

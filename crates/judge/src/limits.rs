@@ -286,39 +286,52 @@ impl Drop for Slot {
     }
 }
 
-/// At most the share's concurrency of judgements inside; the rest wait (in order) for a slot.
+/// What a request waits for before it goes on: a slot of the share's concurrency (held until
+/// its judgement ends; the rest wait in order), or its turn in the share's requests-per-second
+/// bucket.
 #[derive(Clone)]
-pub(crate) struct ConcurrencyLayer {
-    slots: Arc<Slots>,
+enum Gate {
+    Slots(Arc<Slots>),
+    Requests(Arc<Bucket>),
 }
 
-impl ConcurrencyLayer {
-    pub(crate) fn new(limits: &Limits) -> Self {
-        Self {
-            slots: limits.slots.clone(),
-        }
+/// See [`Gate`]; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct GateLayer(Gate);
+
+impl GateLayer {
+    /// At most the share's concurrency of judgements inside (above the retries: a judgement
+    /// keeps its slot across its attempts).
+    pub(crate) fn concurrency(limits: &Limits) -> Self {
+        Self(Gate::Slots(limits.slots.clone()))
+    }
+
+    /// Each request (below the retries: every attempt, what the endpoint sees) waits for the
+    /// share's requests-per-second bucket.
+    pub(crate) fn requests(limits: &Limits) -> Self {
+        Self(Gate::Requests(limits.requests.clone()))
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = Concurrency<S>;
+impl<S> Layer<S> for GateLayer {
+    type Service = Gated<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Concurrency {
+        Gated {
             inner,
-            slots: self.slots.clone(),
+            gate: self.0.clone(),
         }
     }
 }
 
-/// See [`ConcurrencyLayer`].
+/// See [`GateLayer`].
 #[derive(Clone)]
-pub(crate) struct Concurrency<S> {
+pub(crate) struct Gated<S> {
     inner: S,
-    slots: Arc<Slots>,
+    gate: Gate,
 }
 
-impl<S, Req> Service<Req> for Concurrency<S>
+impl<S, Req> Service<Req> for Gated<S>
 where
     S: Service<Req, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -330,77 +343,25 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Always ready: callers wait for a slot in their own future, so the buffer above keeps
-        // dispatching and a shrunk share never blocks requests already admitted.
+        // Always ready: callers wait in their own future, so the buffer above keeps dispatching
+        // and a shrunk share never blocks requests already admitted.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let slots = self.slots.clone();
+        let gate = self.gate.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
-            let slot = slots.acquire().await;
+            let slot = match gate {
+                Gate::Slots(slots) => Some(slots.acquire().await),
+                Gate::Requests(bucket) => {
+                    bucket.acquire(1.0).await;
+                    None
+                }
+            };
             let result = inner.oneshot(req).await;
             drop(slot);
             result
-        })
-    }
-}
-
-/// Each request (every attempt, retries included: what the endpoint sees) waits for the
-/// share's requests-per-second bucket.
-#[derive(Clone)]
-pub(crate) struct RequestRateLayer {
-    bucket: Arc<Bucket>,
-}
-
-impl RequestRateLayer {
-    pub(crate) fn new(limits: &Limits) -> Self {
-        Self {
-            bucket: limits.requests.clone(),
-        }
-    }
-}
-
-impl<S> Layer<S> for RequestRateLayer {
-    type Service = RequestRate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestRate {
-            inner,
-            bucket: self.bucket.clone(),
-        }
-    }
-}
-
-/// See [`RequestRateLayer`].
-#[derive(Clone)]
-pub(crate) struct RequestRate<S> {
-    inner: S,
-    bucket: Arc<Bucket>,
-}
-
-impl<S, Req> Service<Req> for RequestRate<S>
-where
-    S: Service<Req, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    Req: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let bucket = self.bucket.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            bucket.acquire(1.0).await;
-            inner.oneshot(req).await
         })
     }
 }

@@ -22,7 +22,7 @@ use crate::admission::AdmissionLayer;
 use crate::attempts::AttemptsLayer;
 use crate::breaker::{CircuitBreakerLayer, CircuitOpen};
 use crate::client::{AttemptError, BoxError, ChatRequest, Completion, HttpJudge};
-use crate::limits::{ConcurrencyLayer, Limits, RequestRateLayer};
+use crate::limits::{GateLayer, Limits};
 use crate::tokens::TokenRateLimitLayer;
 
 /// The whole stack of one endpoint, cheap to clone (clones share limits, budget and breaker).
@@ -80,7 +80,7 @@ pub(crate) fn build(
         // This worker's share of `max_concurrency` judgements in flight to the endpoint (see
         // `limits.rs`). Above the retry layer, so a judgement's retries reuse its slot and the
         // endpoint never sees more than the fleet's limit.
-        .layer(ConcurrencyLayer::new(limits))
+        .layer(GateLayer::concurrency(limits))
         // This worker's share of `tokens_per_minute`: charged with an estimate, corrected by
         // the reported usage.
         .layer(TokenRateLimitLayer::new(limits, config.sampling.max_tokens))
@@ -101,7 +101,7 @@ pub(crate) fn build(
         .layer(RetryLayer::new(retry))
         // This worker's share of `requests_per_second`, for every attempt (what the endpoint
         // sees), spread over the second rather than sent in one burst.
-        .layer(RequestRateLayer::new(limits))
+        .layer(GateLayer::requests(limits))
         // Each attempt's span, outcome, latency and tokens (timeouts included).
         .layer(AttemptsLayer::new(
             &config.name,

@@ -81,6 +81,24 @@ pub fn candidate(i: usize) -> Candidate {
     }
 }
 
+/// `n` candidates for a judge's `reference` method that no verdict cache has seen (`tag` keeps
+/// runs and phases apart): "what is i plus one?", answered right, in groups of 8.
+pub fn judged_candidates(tag: &str, n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            id: format!("{tag}-{i:04}"),
+            group_id: format!("{tag}-g{}", i / 8),
+            prompt: vec![ChatMessage {
+                role: "user".into(),
+                content: format!("{tag}: what is {i} plus one?"),
+            }],
+            response: format!("It is {}.", i + 1),
+            reference: Some(format!("{}", i + 1)),
+            labels: HashMap::new(),
+        })
+        .collect()
+}
+
 /// The reward the `e2e` profile must give candidate `i`.
 pub fn expected(i: usize) -> f64 {
     match i % 3 {
