@@ -104,6 +104,7 @@ impl Gateway {
         candidates: Vec<Candidate>,
         cancel: CancellationToken,
     ) -> Result<Vec<Reward>, Status> {
+        self.batch_room(candidates.len()).map_err(Status::from)?;
         let order: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         let requests = futures::stream::iter([
             ScoreRequest {
@@ -571,8 +572,6 @@ impl Gateway {
         Ok(())
     }
 
-    /// Runs a queue operation, retrying passing failures with backoff until it succeeds, fails
-    /// for good, or `cancel` fires. Retries are safe: every operation is deduplicated by id.
     /// Whether a session holding `owed` unresolved candidates may publish a job of `len` more:
     /// while the gateway's queue (`gateway.max_queued_candidates`) has room, anyone; once it is
     /// full, only a session holding less than its fair share (the limit ÷ open sessions), so a
@@ -588,6 +587,34 @@ impl Gateway {
         queued + len <= cap || owed < share.max(1)
     }
 
+    /// Whether a `ScoreBatch` call of `len` candidates may start. It has no window and jumps
+    /// any backlog through its fair share, so under overload the calls alone would queue
+    /// without bound and wait past their deadlines; instead a call is admitted only while the
+    /// gateway's queue holds less than twice `gateway.max_queued_candidates` (the limit plus
+    /// what fair shares may add), which bounds the work ahead of it, and refused otherwise
+    /// with `RESOURCE_EXHAUSTED` naming that key and a `retry-after` hint.
+    fn batch_room(&self, len: usize) -> Result<(), GatewayError> {
+        let cap = self.inner.max_queued;
+        let queued = self.inner.stats.in_flight.load(Ordering::Relaxed);
+        if cap == 0 || queued == 0 || queued + len <= 2 * cap {
+            return Ok(());
+        }
+        if let Some(m) = metrics() {
+            m.refused
+                .add(1, &[label("limit", "gateway.max_queued_candidates")]);
+        }
+        Err(GatewayError::ResourceExhausted {
+            limit: "gateway.max_queued_candidates".into(),
+            message: format!(
+                "{queued} candidates are queued on this gateway, twice the fair-share limit; \
+                 a batch of {len} more"
+            ),
+            retry_after_secs: 1,
+        })
+    }
+
+    /// Runs a queue operation, retrying passing failures with backoff until it succeeds, fails
+    /// for good, or `cancel` fires. Retries are safe: every operation is deduplicated by id.
     async fn with_retry<T, F, Fut>(
         &self,
         what: &str,
@@ -1085,5 +1112,81 @@ mod tests {
         assert_eq!(rejection_id("s", &one), rejection_id("s", &one));
         assert_ne!(rejection_id("s", &one), rejection_id("s", &other));
         assert!(rejection_id("s", &one).starts_with("s.rejected."));
+    }
+
+    /// Candidates `0..n` of one group, tagged `tag`, that the rules profile `p` can score.
+    fn group(tag: &str, n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                id: format!("{tag}-{i}"),
+                group_id: tag.into(),
+                prompt: vec![rewardfleet_core::ChatMessage {
+                    role: "user".into(),
+                    content: "one plus two?".into(),
+                }],
+                response: "3".into(),
+                reference: Some("3".into()),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn batch_calls_past_twice_the_queue_limit_are_refused_at_once() {
+        let config = rewardfleet_core::config::Config::from_toml(
+            "[gateway]\nmax_queued_candidates = 8\n\n[profile.p]\ncomponents = [{ rule = \"exact_match\" }]\n",
+        )
+        .expect("a valid config");
+        // No worker: what the calls publish stays queued, and they wait.
+        let queue = Arc::new(rewardfleet_queue::InProcessQueue::new(&config.worker, 64));
+        let gateway = Gateway::new(&config, queue);
+        let cancel = CancellationToken::new();
+        let waiting: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|tag| {
+                let (gateway, cancel) = (gateway.clone(), cancel.clone());
+                tokio::spawn(
+                    async move { gateway.score_batch("p".into(), group(tag, 8), cancel).await },
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        while gateway.stats().in_flight < 16 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the calls were not queued"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Twice the limit is queued: one more call is refused at once, naming the key, with a
+        // hint when to retry, instead of waiting behind them past its deadline.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(1),
+            gateway.score_batch("p".into(), group("c", 8), cancel.clone()),
+        )
+        .await
+        .expect("answered at once")
+        .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("gateway.max_queued_candidates"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(
+            refused
+                .metadata()
+                .get(crate::error::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        cancel.cancel();
+        for call in waiting {
+            let _ = call.await;
+        }
     }
 }
