@@ -146,3 +146,28 @@ async fn score_through_a_restarted_gateway_writes_every_line() {
         assert_eq!(values[&candidate(i).id], expected(i));
     }
 }
+
+/// A session id used again after its session closed opens a new session: the same candidate ids
+/// are scored again and the session closes (the queue's duplicate window used to drop its
+/// jobs, whose ids were the earlier session's, and the stream waited forever). Found by the
+/// `score_requests` fuzz target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_used_again_after_close_is_scored_again() {
+    let nats = NatsServer::start().await.unwrap();
+    let fleet = Fleet::start(&nats, 1, "").await;
+    let mut client = fleet.client().await;
+    let candidates: Vec<Candidate> = (0..8).map(candidate).collect();
+    for round in 0..2 {
+        let requests = session_requests("step-1", "e2e", 64, &candidates, 4);
+        let rewards = timeout(Duration::from_secs(30), score_all(&mut client, requests))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the session never closed"))
+            .unwrap();
+        assert_eq!(rewards.len(), 8, "round {round}");
+        for r in &rewards {
+            let i: usize = r.candidate_id[1..].parse().unwrap();
+            assert_eq!(r.value, expected(i), "round {round}: {r:?}");
+        }
+    }
+    fleet.stop().await;
+}

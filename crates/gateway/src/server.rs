@@ -420,6 +420,16 @@ impl Connection {
     }
 }
 
+#[cfg(test)]
+impl Connection {
+    fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 /// What a request knows of its connection: the names of its verified client certificate (none
 /// over plaintext or without one), which may name a tenant (`tls_subject`).
 #[derive(Debug, Clone)]

@@ -510,8 +510,11 @@ impl Gateway {
                 Err(e) => rejected.push(Reward::failed(&c.id, format!("invalid input: {e}"))),
             }
         }
-        let jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)
+        let mut jobs = split_into_jobs(&session.id, &profile, valid, &self.inner.bounds)
             .map_err(|e| GatewayError::input("batch", e))?;
+        for job in &mut jobs {
+            job.job_id = session.job_id(&job.job_id);
+        }
         let arrived = Instant::now();
         let profile_label = label("profile", profile.clone());
         for job in &jobs {
@@ -526,7 +529,7 @@ impl Gateway {
         if !rejected.is_empty() {
             // Answered through the session's record like any result, so a resume sees them.
             let result = JobResult {
-                job_id: rejection_id(&session.id, &rejected),
+                job_id: session.job_id(&rejection_id(&session.id, &rejected)),
                 session_id: session.id.clone(),
                 rewards: rejected,
                 worker: "gateway".into(),
@@ -651,11 +654,20 @@ impl Gateway {
     ) -> bool {
         match event {
             SessionEvent::Accepted(entry) => {
+                if session.epoch.is_none() {
+                    session.epoch = Some(epoch_of(&session.id, &entry.job_id));
+                }
                 self.owe(session, entry.candidate_ids.iter().map(String::as_str));
                 true
             }
             SessionEvent::CaughtUp => {
                 session.caught_up = true;
+                // A session with nothing on record is new (or was closed, and its record
+                // deleted): its jobs get ids of their own, so none is taken for a duplicate of
+                // an earlier session's under the same id.
+                session
+                    .epoch
+                    .get_or_insert_with(|| Some(rand::random::<u64>()));
                 true
             }
             SessionEvent::Result(result, trace) => {
@@ -837,6 +849,17 @@ async fn accept(session: &mut Session, tx: &mpsc::Sender<Result<ScoreResponse, S
     tx.send(Ok(accepted)).await.is_ok()
 }
 
+/// The epoch of a job id made by [`Session::job_id`] for session `session_id`; `None` for an id
+/// without one (a gateway of an earlier version accepted it).
+fn epoch_of(session_id: &str, job_id: &str) -> Option<u64> {
+    let rest = job_id.strip_prefix(session_id)?.strip_prefix('.')?;
+    let (epoch, _) = rest.split_once('.')?;
+    if epoch.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(epoch, 16).ok()
+}
+
 fn rejection_id(session_id: &str, rewards: &[Reward]) -> String {
     let mut hash = Sha256::new();
     for r in rewards {
@@ -880,6 +903,9 @@ struct Session {
     /// The session's record was replayed up to where it stood when the stream opened: until
     /// then what the session owes is not known, and it cannot close.
     caught_up: bool,
+    /// The epoch of its job ids (see [`Session::job_id`]): unknown until its record is read,
+    /// then the one on record, or a new one; `Some(None)`: ids without one (on record so).
+    epoch: Option<Option<u64>>,
     /// Requests read after `open`.
     requests_read: u64,
     batch_index: u64,
@@ -908,6 +934,7 @@ impl Default for Session {
             seen: HashSet::new(),
             pending: VecDeque::new(),
             caught_up: false,
+            epoch: None,
             requests_read: 0,
             batch_index: 0,
             batch_size: 0,
@@ -983,8 +1010,23 @@ impl Session {
 
     /// Whether to read the next request: not while a batch waits for room, nor while the
     /// window is full (backpressure through HTTP/2 flow control).
+    /// Not before the session's record is read (`caught_up`): a resumed session must know
+    /// what it already accepted, and the ids its jobs take (its `epoch`).
     fn can_read(&self) -> bool {
-        !self.closing && self.pending.is_empty() && self.owed.len() < self.window
+        self.caught_up && !self.closing && self.pending.is_empty() && self.owed.len() < self.window
+    }
+
+    /// The id under which this session queues the job or rejection that `split_into_jobs` or
+    /// `rejection_id` named `id` (`<session id>.<rest>`): `<session id>.<epoch>.<rest>`. The
+    /// queue drops a job whose id it saw within its dedup window, so a session id used again
+    /// after its session closed must not give its jobs the ids of the earlier session's (their
+    /// results were deleted with its record, and they would never be answered). A resumed
+    /// session keeps the epoch of the jobs on its record.
+    fn job_id(&self, id: &str) -> String {
+        match (self.epoch, id.strip_prefix(&format!("{}.", self.id))) {
+            (Some(Some(epoch)), Some(rest)) => format!("{}.{epoch:016x}.{rest}", self.id),
+            _ => id.to_owned(),
+        }
     }
 }
 
@@ -1031,7 +1073,28 @@ mod tests {
             .next_job_with_room(|_, _| true)
             .expect("a job larger than the window still goes");
         assert_eq!(c.candidates.len(), 20);
+        assert!(!s.can_read(), "not before the record is read");
+        s.caught_up = true;
         assert!(s.can_read());
+    }
+
+    #[test]
+    fn job_ids_carry_the_sessions_epoch() {
+        let mut s = session(10);
+        s.id = "s1".into();
+        assert_eq!(s.job_id("s1.abc"), "s1.abc", "no epoch known yet");
+        s.epoch = Some(Some(0x2a));
+        let id = s.job_id("s1.abc");
+        assert_eq!(id, "s1.000000000000002a.abc");
+        assert_eq!(epoch_of("s1", &id), Some(0x2a));
+        assert_eq!(
+            epoch_of("s1", "s1.abc"),
+            None,
+            "an id of an earlier version"
+        );
+        assert_eq!(epoch_of("s1", "s2.000000000000002a.abc"), None);
+        s.epoch = Some(None);
+        assert_eq!(s.job_id("s1.abc"), "s1.abc", "resumed with ids without one");
     }
 
     #[test]
