@@ -422,8 +422,13 @@ impl Config {
         let mut unknown = Vec::new();
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let config: Config = serde_ignored::deserialize(de, |path| {
+            // An empty key at the top (`"" = 1`) has an empty path: name it as TOML writes it.
+            let path = match path.to_string() {
+                p if p.is_empty() => "\"\"".to_owned(),
+                p => p,
+            };
             unknown.push(ConfigProblem::new(
-                path.to_string(),
+                path,
                 "unknown key (see the configuration reference in README.md)",
             ));
         })

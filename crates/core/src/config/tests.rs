@@ -259,3 +259,13 @@ name = "c"
     );
     assert!(!has("tenant[0].token_env"), "{rendered:#?}");
 }
+
+/// Found by the `config` fuzz target: an empty key at the top named no key.
+#[test]
+fn an_empty_unknown_key_is_named() {
+    let Err(ConfigError::Invalid(problems)) = Config::parse("''=7#") else {
+        panic!("an unknown key is a problem");
+    };
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "\"\"");
+}
