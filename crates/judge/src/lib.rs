@@ -20,7 +20,6 @@
 //! | `abstain_value` | `0` | factuality: the value of a response that abstains (flagged `factuality_abstained`) |
 //! | `max_claims` | `32` | factuality: claims verified per response at most (the rest flagged `factuality_claims_truncated`) |
 
-mod admission;
 mod attempts;
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rewardfleet_core::config::JudgeConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tower::load_shed::error::Overloaded;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::client::BoxError;
@@ -286,11 +287,12 @@ impl Drop for Slot {
     }
 }
 
-/// What a request waits for before it goes on: a slot of the share's concurrency (held until
-/// its judgement ends; the rest wait in order), or its turn in the share's requests-per-second
-/// bucket.
+/// What a request needs before it goes on: a permit of the judge's admission (taken at once or
+/// refused), a slot of the share's concurrency (held until its judgement ends; the rest wait in
+/// order), or its turn in the share's requests-per-second bucket.
 #[derive(Clone)]
 enum Gate {
+    Admission(Arc<Semaphore>),
     Slots(Arc<Slots>),
     Requests(Arc<Bucket>),
 }
@@ -300,6 +302,15 @@ enum Gate {
 pub(crate) struct GateLayer(Gate);
 
 impl GateLayer {
+    /// Admission to a judge's stack: at most `capacity` judgements inside it at once (queued
+    /// or in flight), one more refused at once with tower's `Overloaded` (retryable
+    /// `judge_overloaded`). Shedding is decided by counting, never by readiness: a buffer below
+    /// that is briefly not ready (tokio's cooperative budget spent, its worker not yet
+    /// scheduled) makes callers wait a little, not fail.
+    pub(crate) fn admission(capacity: usize) -> Self {
+        Self(Gate::Admission(Arc::new(Semaphore::new(capacity.max(1)))))
+    }
+
     /// At most the share's concurrency of judgements inside (above the retries: a judgement
     /// keeps its slot across its attempts).
     pub(crate) fn concurrency(limits: &Limits) -> Self {
@@ -349,6 +360,14 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        // Admission is decided now, by the permits alone; the other gates are waited for.
+        let admitted = match &self.gate {
+            Gate::Admission(permits) => match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return Box::pin(async { Err(Overloaded::new().into()) }),
+            },
+            Gate::Slots(_) | Gate::Requests(_) => None,
+        };
         let gate = self.gate.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -358,9 +377,10 @@ where
                     bucket.acquire(1.0).await;
                     None
                 }
+                Gate::Admission(_) => None,
             };
             let result = inner.oneshot(req).await;
-            drop(slot);
+            drop((slot, admitted));
             result
         })
     }
@@ -460,5 +480,26 @@ mod tests {
         let t = Instant::now();
         bucket.acquire(100.0).await;
         assert!(t.elapsed() < Duration::from_millis(5));
+    }
+
+    /// A service that is never ready until the test lets it be, like a buffer whose worker has
+    /// not run yet: admission must wait on it, not shed.
+    #[tokio::test(start_paused = true)]
+    async fn admits_exactly_capacity_and_waits_on_an_unready_inner_service() {
+        let inner = tower::service_fn(|n: u32| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<u32, BoxError>(n)
+        });
+        let svc = GateLayer::admission(3).layer(tower::buffer::Buffer::new(inner, 1));
+        let calls: Vec<_> = (0..5).map(|n| svc.clone().oneshot(n)).collect();
+        let out = futures::future::join_all(calls).await;
+        let shed = out
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(|e| e.is::<Overloaded>()))
+            .count();
+        assert_eq!(shed, 2, "{} admitted", out.len() - shed);
+        assert!(out[..3].iter().all(Result::is_ok));
+        // Once they end, their permits are free again.
+        assert!(svc.clone().oneshot(9).await.is_ok());
     }
 }
