@@ -19,8 +19,9 @@ WORDS = (
 
 def queries(n=200, seed=7):
     rng = random.Random(seed)
+    # BOS as text first, as OpenRLHF's queries hold it (its chat template's first token).
     return [
-        " ".join(rng.choice(WORDS) for _ in range(max(3, min(600, int(rng.lognormvariate(4.5, 0.8))))))
+        "<s>" + " ".join(rng.choice(WORDS) for _ in range(max(3, min(600, int(rng.lognormvariate(4.5, 0.8))))))
         for _ in range(n)
     ]
 

@@ -13,14 +13,17 @@ The TorchScript module computes what OpenRLHF's reward model computes
 (`openrlhf/models/model.py::_get_reward_model`): position ids from the attention mask's cumulative
 sum, the `score` value head on every position, and the value at the last position whose mask is
 1 (OpenRLHF's `eos_indices`), so it gives the same reward whether rewardfleet pads on the right or
-OpenRLHF on the left. The tokenizer has no post-processor: it adds no special tokens, so
-rewardfleet's tokenization equals serve_rm's (`add_special_tokens=False`).
+OpenRLHF on the left. The tokenizer is saved the way a stock Llama `tokenizer.json` is, with
+the post-processor that puts BOS (`<s>`) first; OpenRLHF's queries already begin with BOS as
+text (its chat template) and serve_rm tokenizes them with `add_special_tokens=False`, so
+rewardfleet's model is configured with `add_special_tokens = false` to tokenize them alike.
 
 `--check N` (default 200) loads the saved directory with OpenRLHF's own
 `get_llm_for_sequence_regression` and `get_tokenizer` in bf16, as serve_rm does, scores N queries
 in serve_rm's way (left padding, batches), scores them with the bf16 TorchScript module
-in rewardfleet's way (tokenizer.json, right padding, other batch shapes), and fails if any reward
-differs by more than the bf16 tolerance. Writes `OUT_DIR/llama-SIZE/DONE` last.
+in rewardfleet's way (tokenizer.json without its special tokens, right padding, other batch
+shapes), and fails if any reward differs by more than the bf16 tolerance. It also reports the
+difference with the special tokens added (a second BOS), which the tolerance must not accept. Writes `OUT_DIR/llama-SIZE/DONE` last.
 """
 
 import argparse
@@ -73,7 +76,7 @@ def corpus():
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -86,6 +89,11 @@ def build_tokenizer():
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
+    # As in a stock Llama tokenizer.json: BOS before every text when special tokens are added.
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
@@ -116,7 +124,8 @@ def queries(n, seed):
     out = []
     for i in range(n):
         words = max(3, min(400, int(rng.lognormvariate(4.0, 0.9))))
-        out.append(f"Q{i}: " + " ".join(rng.choice(BENCH_WORDS) for _ in range(words)))
+        # BOS as text, as OpenRLHF's queries hold it (the chat template's first token).
+        out.append(f"<s>Q{i}: " + " ".join(rng.choice(BENCH_WORDS) for _ in range(words)))
     return out
 
 
@@ -182,17 +191,22 @@ def check(directory: Path, n: int):
     ts = torch.jit.load(str(directory / "rewardfleet-bf16.pt")).eval()
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
     pad = tok.token_to_id("<pad>")
-    ours = []
-    with torch.no_grad():
-        for i in range(0, n, 7):  # rewardfleet: other batch shapes, right padded
-            rows = [e.ids for e in tok.encode_batch(texts[i : i + 7], add_special_tokens=True)]
-            width = max(map(len, rows))
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-            ours.extend(ts(ids, mask).float().tolist())
 
-    peer_t, ours_t = torch.tensor(peer), torch.tensor(ours)
-    diff = (peer_t - ours_t).abs()
+    def ours(add_special_tokens):
+        out = []
+        with torch.no_grad():
+            for i in range(0, n, 7):  # rewardfleet: other batch shapes, right padded
+                batch = tok.encode_batch(texts[i : i + 7], add_special_tokens=add_special_tokens)
+                rows = [e.ids for e in batch]
+                width = max(map(len, rows))
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                out.extend(ts(ids, mask).float().tolist())
+        return torch.tensor(out)
+
+    peer_t = torch.tensor(peer)
+    diff = (peer_t - ours(False)).abs()
+    double_bos = (peer_t - ours(True)).abs()
     scale = peer_t.abs().max().item()
     # bf16 keeps 8 bits of mantissa: ~0.4 % per rounding; through the layers and with other
     # padding, allow 2 % of the largest reward, and a floor for rewards near zero.
@@ -205,10 +219,13 @@ def check(directory: Path, n: int):
         "max_abs_reward": scale,
         "tolerance": tolerance,
         "reward_std": peer_t.std().item(),
+        "max_abs_diff_with_special_tokens": double_bos.max().item(),
     }
     print(json.dumps(summary), file=sys.stderr)
     if worst > tolerance:
         raise SystemExit(f"{directory.name}: rewards differ by up to {worst} > {tolerance}")
+    if double_bos.max().item() <= tolerance:
+        raise SystemExit(f"{directory.name}: a second BOS changes no reward: the check cannot tell")
     return summary
 
 

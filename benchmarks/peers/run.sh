@@ -109,6 +109,8 @@ template = "{response}"
 max_length = 2048
 truncation_side = "right"
 threads = $THREADS
+# OpenRLHF's queries hold BOS as text; serve_rm tokenizes them without adding special tokens.
+add_special_tokens = false
 
 [profile.rm]
 components = [{ scorer = "rm" }]

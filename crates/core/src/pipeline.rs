@@ -26,6 +26,18 @@ impl Pipeline {
         &self.profiles
     }
 
+    /// Whether every scorer of every profile has room for more work ([`Scorer::has_room`]): a
+    /// worker takes another job only then, so admission follows what the scorers can take
+    /// (tokens for a model, judgements for a judge) rather than a count of jobs.
+    ///
+    /// [`Scorer::has_room`]: crate::Scorer::has_room
+    pub fn has_room(&self) -> bool {
+        self.profiles
+            .values()
+            .flat_map(|p| &p.components)
+            .all(|c| c.scorer.has_room())
+    }
+
     /// Scores every candidate of the job: one reward per candidate, in the job's order, and
     /// whether trying the job again later may help (see [`JobOutcome::retry`]). Groups are
     /// scored concurrently. Candidates were validated by the gateway that accepted them.

@@ -228,6 +228,15 @@ pub trait Scorer: Send + Sync + 'static {
     /// Scores every candidate of one group (pairwise judges compare within it) and returns one
     /// outcome per candidate, in order. A bad candidate fails alone: its neighbours still get values.
     async fn score(&self, ctx: &ScoreContext, group: &[Candidate]) -> Vec<Outcome>;
+
+    /// Whether more work given now would start soon rather than wait in the scorer's queue: a
+    /// model while its batcher holds fewer tokens than `admit_tokens`, a judge while fewer
+    /// judgements wait than it may have in flight. Workers take jobs while every scorer of
+    /// their profiles has room (see `Pipeline::has_room`), so they hold what keeps each scorer
+    /// busy, whatever the jobs' sizes. Scorers without a queue (rules) always have room.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

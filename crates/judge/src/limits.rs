@@ -65,6 +65,9 @@ pub(crate) struct Limits {
     tokens_per_minute: u64,
     share: Mutex<FleetShare>,
     pub(crate) slots: Arc<Slots>,
+    /// Judgements inside the judge's stack (queued or in flight): `queue_capacity` permits.
+    admission: Arc<Semaphore>,
+    queue_capacity: usize,
     pub(crate) requests: Arc<Bucket>,
     /// `None`: no tokens-per-minute limit.
     pub(crate) tokens: Option<Arc<Bucket>>,
@@ -80,6 +83,8 @@ impl Limits {
             tokens_per_minute: config.tokens_per_minute,
             share: Mutex::new(share),
             slots: Arc::new(Slots::new(share.concurrency(config.max_concurrency))),
+            admission: Arc::new(Semaphore::new(config.queue_capacity.max(1))),
+            queue_capacity: config.queue_capacity.max(1),
             requests: Arc::new(Bucket::new(requests_rate(
                 share.rate(config.requests_per_second),
             ))),
@@ -105,6 +110,15 @@ impl Limits {
             tokens.set_rate(tokens_rate(share.rate(self.tokens_per_minute as f64)));
         }
         true
+    }
+
+    /// Whether another judgement would soon be sent rather than wait: fewer are inside the stack
+    /// than twice this process's share of `max_concurrency` (those in flight and as many ready to
+    /// follow them), and below `queue_capacity`.
+    pub(crate) fn has_room(&self) -> bool {
+        let inside = self.queue_capacity - self.admission.available_permits();
+        let share = lock(&self.share).concurrency(self.max_concurrency);
+        inside < (2 * share).min(self.queue_capacity)
     }
 
     /// What this process may use now: concurrency, requests per second, tokens per minute.
@@ -302,13 +316,13 @@ enum Gate {
 pub(crate) struct GateLayer(Gate);
 
 impl GateLayer {
-    /// Admission to a judge's stack: at most `capacity` judgements inside it at once (queued
+    /// Admission to a judge's stack: at most `queue_capacity` judgements inside it at once (queued
     /// or in flight), one more refused at once with tower's `Overloaded` (retryable
     /// `judge_overloaded`). Shedding is decided by counting, never by readiness: a buffer below
     /// that is briefly not ready (tokio's cooperative budget spent, its worker not yet
     /// scheduled) makes callers wait a little, not fail.
-    pub(crate) fn admission(capacity: usize) -> Self {
-        Self(Gate::Admission(Arc::new(Semaphore::new(capacity.max(1)))))
+    pub(crate) fn admission(limits: &Limits) -> Self {
+        Self(Gate::Admission(Arc::clone(&limits.admission)))
     }
 
     /// At most the share's concurrency of judgements inside (above the retries: a judgement
@@ -389,6 +403,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Room for work while fewer judgements are inside than twice the share's concurrency.
+    #[tokio::test]
+    async fn room_follows_the_judgements_inside_and_the_share() {
+        let limits = Limits::new(&JudgeConfig {
+            max_concurrency: 2,
+            queue_capacity: 100,
+            ..JudgeConfig::default()
+        });
+        // Each judgement ends when the test hands out a permit.
+        let ends = Arc::new(Semaphore::new(0));
+        let svc = GateLayer::admission(&limits).layer(tower::service_fn({
+            let ends = Arc::clone(&ends);
+            move |()| {
+                let ends = Arc::clone(&ends);
+                async move {
+                    ends.acquire().await.expect("open").forget();
+                    Ok::<(), BoxError>(())
+                }
+            }
+        }));
+        let mut inside = Vec::new();
+        for n in 0..4 {
+            assert!(limits.has_room(), "room with {n} inside");
+            inside.push(tokio::spawn(svc.clone().oneshot(())));
+            tokio::task::yield_now().await;
+        }
+        assert!(!limits.has_room(), "4 inside: twice the concurrency of 2");
+        // This worker's share drops to 1 slot of 2: room below 2 inside.
+        limits.apply(FleetShare {
+            workers: 2,
+            rank: 0,
+        });
+        ends.add_permits(2);
+        for call in inside.drain(..2) {
+            call.await.expect("join").expect("judged");
+        }
+        assert!(!limits.has_room(), "2 inside, twice the share of 1");
+        ends.add_permits(1);
+        inside.remove(0).await.expect("join").expect("judged");
+        assert!(limits.has_room(), "1 inside");
+        ends.add_permits(1);
+        inside.remove(0).await.expect("join").expect("judged");
+    }
 
     #[test]
     fn concurrency_parts_add_up_to_the_fleet_limit() {
@@ -490,7 +548,11 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Ok::<u32, BoxError>(n)
         });
-        let svc = GateLayer::admission(3).layer(tower::buffer::Buffer::new(inner, 1));
+        let limits = Limits::new(&JudgeConfig {
+            queue_capacity: 3,
+            ..JudgeConfig::default()
+        });
+        let svc = GateLayer::admission(&limits).layer(tower::buffer::Buffer::new(inner, 1));
         let calls: Vec<_> = (0..5).map(|n| svc.clone().oneshot(n)).collect();
         let out = futures::future::join_all(calls).await;
         let shed = out

@@ -71,7 +71,7 @@ pub(crate) fn build(
         // counted by a semaphore; one more fails at once with a retryable overload and the worker
         // nacks. Shedding by count, not by the buffer's readiness: a buffer that is briefly not
         // ready (cooperative budget, its worker not yet run) is not full.
-        .layer(GateLayer::admission(config.queue_capacity))
+        .layer(GateLayer::admission(limits))
         // The local queue. RateLimit is not Clone; the buffer makes the stack cloneable and lets
         // every profile component share one set of limits. Admission above keeps it from ever
         // holding more than `queue_capacity`, so callers only wait here for the worker's turn.

@@ -43,4 +43,8 @@ impl Scorer for Observed {
         }
         outcomes
     }
+
+    fn has_room(&self) -> bool {
+        self.inner.has_room()
+    }
 }

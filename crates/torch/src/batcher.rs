@@ -22,6 +22,8 @@ pub(crate) type Reply = Result<Vec<f32>, ScoreError>;
 /// One text to run through the model.
 pub(crate) struct Request {
     pub text: String,
+    /// Tokens it counts as in [`Counters::waiting_tokens`] until tokenized.
+    pub estimate: usize,
     pub reply: oneshot::Sender<Reply>,
     pub permit: Permit,
 }
@@ -229,12 +231,20 @@ impl Batcher {
                 let trace = SpanLink::of(&span);
                 let _enter = span.enter();
                 let now = Instant::now();
+                let waiting = &self.counters.waiting_tokens;
                 for r in requests {
                     if r.reply.is_closed() {
                         self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                        waiting.fetch_sub(r.estimate, Ordering::Relaxed);
                         continue;
                     }
-                    match self.encoder.encode(&r.text) {
+                    let encoded = self.encoder.encode(&r.text);
+                    // The estimate becomes the count (added first: the sum never dips below 0).
+                    if let Ok(ids) = &encoded {
+                        waiting.fetch_add(ids.len(), Ordering::Relaxed);
+                    }
+                    waiting.fetch_sub(r.estimate, Ordering::Relaxed);
+                    match encoded {
                         Ok(ids) => self.queue.push(Entry {
                             ids,
                             reply: r.reply,
@@ -269,10 +279,20 @@ impl Batcher {
     /// waited `max_wait`) and prefetches one full batch per busy replica.
     fn dispatch(&mut self) {
         let before = self.queue.len();
-        self.queue.retain(|e| !e.reply.is_closed());
+        let mut gone = 0;
+        self.queue.retain(|e| {
+            let open = !e.reply.is_closed();
+            if !open {
+                gone += e.ids.len();
+            }
+            open
+        });
         self.counters
             .skipped
             .fetch_add((before - self.queue.len()) as u64, Ordering::Relaxed);
+        self.counters
+            .waiting_tokens
+            .fetch_sub(gone, Ordering::Relaxed);
         loop {
             if self.queue.is_empty() {
                 return;
@@ -298,6 +318,10 @@ impl Batcher {
                     // Cannot happen (the bound is the most in flight); keep the work rather than
                     // lose it, and wait for the replica's next `Done`.
                     tracing::warn!(model = %self.settings.model, replica = r, "replica channel unexpectedly full");
+                    let tokens = batch.entries.iter().map(|e| e.ids.len()).sum();
+                    self.counters
+                        .waiting_tokens
+                        .fetch_add(tokens, Ordering::Relaxed);
                     self.queue.extend(batch.entries);
                     self.queue.sort_by_key(|e| e.since);
                     return;
@@ -327,6 +351,10 @@ impl Batcher {
             if p { entries.push(e) } else { rest.push(e) }
         }
         self.queue = rest;
+        let tokens = entries.iter().map(|e| e.ids.len()).sum();
+        self.counters
+            .waiting_tokens
+            .fetch_sub(tokens, Ordering::Relaxed);
         entries.sort_by_key(|e| e.ids.len());
         Batch { entries, full }
     }

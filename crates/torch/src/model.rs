@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::TorchError;
 use crate::batcher::{Admission, Batcher, BatcherSettings, Msg, Reply, Request};
 use crate::engine::{Engine, Replica, default_threads, probe};
-use crate::stats::Counters;
+use crate::stats::{Counters, estimate_tokens};
 use crate::text::{Encoder, render};
 
 /// A snapshot of a model's counters.
@@ -37,6 +37,8 @@ pub struct ModelStats {
     pub forward_seconds: f64,
     /// Texts admitted and not yet answered.
     pub queued: usize,
+    /// Tokens waiting for a batch (see [`RewardModel::has_room`]).
+    pub waiting_tokens: usize,
 }
 
 struct Inner {
@@ -47,6 +49,8 @@ struct Inner {
     admission: Arc<Admission>,
     counters: Arc<Counters>,
     threads: usize,
+    /// `admit_tokens`: the room a worker fills ([`RewardModel::has_room`]).
+    admit_tokens: usize,
 }
 
 impl Drop for Inner {
@@ -209,6 +213,7 @@ impl RewardModel {
                 }),
                 counters,
                 threads,
+                admit_tokens: cfg.admit_token_budget(),
             }),
         })
     }
@@ -234,7 +239,19 @@ impl RewardModel {
             skipped: c.skipped.load(Ordering::Relaxed),
             forward_seconds: c.forward_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             queued: self.inner.admission.admitted.load(Ordering::Relaxed),
+            waiting_tokens: c.waiting_tokens.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether more texts would find room: fewer tokens wait for a batch than `admit_tokens`
+    /// (two full batches per replica by default), and the queue is below `queue_capacity`.
+    /// Workers take jobs for the model while it has room, so its batches fill whatever the
+    /// jobs' sizes (one trainer query per job, or hundreds), without the model's queue
+    /// holding more than keeps it busy.
+    pub fn has_room(&self) -> bool {
+        let inner = &self.inner;
+        inner.counters.waiting_tokens.load(Ordering::Relaxed) < inner.admit_tokens
+            && inner.admission.admitted.load(Ordering::Relaxed) < inner.admission.capacity
     }
 
     /// Runs `texts` through the model and returns one output row each (`[logit]` or the pooled
@@ -263,15 +280,22 @@ impl RewardModel {
         };
         let mut receivers = Vec::with_capacity(n);
         let mut requests = Vec::with_capacity(n);
+        let mut estimated = 0;
         for (text, permit) in texts.into_iter().zip(permits) {
             let (tx, rx) = oneshot::channel();
             receivers.push(rx);
+            let estimate = estimate_tokens(&text);
+            estimated += estimate;
             requests.push(Request {
                 text,
+                estimate,
                 reply: tx,
                 permit,
             });
         }
+        // Counted before the batcher sees them, so a worker asking for room meanwhile sees them.
+        let waiting = &inner.counters.waiting_tokens;
+        waiting.fetch_add(estimated, Ordering::Relaxed);
         let unavailable = |why: &str| {
             ScoreError::transient(
                 FailureReason::ModelUnavailable,
@@ -283,8 +307,12 @@ impl RewardModel {
             .try_send(Msg::Work(requests, tracing::Span::current()))
         {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return vec![Err(unavailable("the intake is full")); n],
+            Err(TrySendError::Full(_)) => {
+                waiting.fetch_sub(estimated, Ordering::Relaxed);
+                return vec![Err(unavailable("the intake is full")); n];
+            }
             Err(TrySendError::Disconnected(_)) => {
+                waiting.fetch_sub(estimated, Ordering::Relaxed);
                 return vec![Err(unavailable("the model has stopped")); n];
             }
         }
@@ -369,5 +397,9 @@ impl Scorer for RewardModel {
             ModelKind::Scalar => self.score_scalar(group).await,
             ModelKind::Embedding => self.score_embedding(group).await,
         }
+    }
+
+    fn has_room(&self) -> bool {
+        RewardModel::has_room(self)
     }
 }

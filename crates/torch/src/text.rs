@@ -46,6 +46,7 @@ pub struct Encoder {
     tokenizer: Tokenizer,
     max_length: usize,
     truncate: bool,
+    add_special_tokens: bool,
     model: String,
     /// The id used for padding (the tokenizer's pad token, else 0); masked out anyway.
     pub pad_id: i64,
@@ -104,24 +105,28 @@ impl Encoder {
             tokenizer,
             max_length: cfg.max_length,
             truncate,
+            add_special_tokens: cfg.add_special_tokens,
             model: cfg.name.clone(),
             pad_id,
             vocab_size,
         })
     }
 
-    /// Token ids of `text` with the tokenizer's special tokens, truncated to `max_length`
-    /// (or refused when truncation is off).
+    /// Token ids of `text`, with the tokenizer's special tokens unless the model's
+    /// `add_special_tokens` is off, truncated to `max_length` (or refused when truncation is off).
     ///
     /// # Errors
     /// `tokenizer_error`, `empty_input`, `input_too_long` (all permanent: the candidate fails alone).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, ScoreError> {
-        let encoding = self.tokenizer.encode_fast(text, true).map_err(|e| {
-            ScoreError::permanent(
-                FailureReason::TokenizerError,
-                format!("model {}: tokenizer failed: {e}", self.model),
-            )
-        })?;
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, self.add_special_tokens)
+            .map_err(|e| {
+                ScoreError::permanent(
+                    FailureReason::TokenizerError,
+                    format!("model {}: tokenizer failed: {e}", self.model),
+                )
+            })?;
         let ids = encoding.get_ids();
         if ids.is_empty() {
             return Err(ScoreError::permanent(
@@ -164,5 +169,47 @@ mod tests {
         );
         assert_eq!(render("{response}", &p, "4"), "4");
         assert_eq!(render("{x} {response}{", &[], "a"), "{x} a{");
+    }
+
+    /// A Llama-style `tokenizer.json`: words, and a post-processor that puts BOS (`<s>`) first.
+    const BOS_TOKENIZER: &str = r#"{
+      "version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": true}],
+      "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+      "post_processor": {"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}},
+      "decoder": null,
+      "model": {"type": "WordLevel", "vocab": {"<s>": 0, "hello": 1, "world": 2, "[UNK]": 3},
+        "unk_token": "[UNK]"}
+    }"#;
+
+    #[test]
+    fn special_tokens_are_added_unless_the_model_says_the_text_holds_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, BOS_TOKENIZER).expect("write tokenizer");
+        let mut cfg = ModelConfig {
+            name: "rm".into(),
+            max_length: 3,
+            truncation_side: TruncationSide::Right,
+            ..ModelConfig::default()
+        };
+        // An OpenRLHF query: BOS already written as text.
+        let query = "<s> hello world";
+        let with = Encoder::load(&cfg, &path).expect("load");
+        assert_eq!(with.encode("hello world").unwrap(), vec![0, 1, 2]);
+        assert_eq!(
+            with.encode(query).unwrap(),
+            vec![0, 0, 1],
+            "a second BOS, cut to 3"
+        );
+        cfg.add_special_tokens = false;
+        let without = Encoder::load(&cfg, &path).expect("load");
+        assert_eq!(without.encode(query).unwrap(), vec![0, 1, 2]);
+        assert_eq!(without.encode("hello world").unwrap(), vec![1, 2]);
     }
 }

@@ -293,6 +293,62 @@ async fn abandoned_work_is_skipped_before_forward() {
     assert_eq!(model.stats().sequences, before.sequences + 1);
 }
 
+/// A model has room while fewer tokens wait for a batch than `admit_tokens`: the tokens of a
+/// text count from the moment it is handed over until its batch goes to a replica, or until it is
+/// dropped, abandoned by its caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_the_tokens_waiting_for_a_batch() {
+    let exp = expected();
+    let text = texts()[1].clone();
+    let tokens = exp["ids"][1].as_array().unwrap().len();
+    let set = load(vec![ModelConfig {
+        max_wait: Duration::from_millis(700),
+        admit_tokens: tokens,
+        ..cfg("rm", "scalar.pt", ModelKind::Scalar)
+    }])
+    .await
+    .unwrap();
+    let scorer = set.scorer("rm").unwrap();
+    let model = set.model("rm").unwrap();
+    assert!(scorer.has_room());
+    assert_eq!(model.stats().waiting_tokens, 0);
+
+    let waits_for = |want: usize| {
+        let model = model.clone();
+        async move {
+            for _ in 0..400 {
+                if model.stats().waiting_tokens == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("waiting tokens {} not {want}", model.stats().waiting_tokens);
+        }
+    };
+    // Scored: full while its batch window is open, room again once the batch has gone.
+    let group = vec![candidate("a", &text, None)];
+    let scoring = tokio::spawn({
+        let scorer = Arc::clone(&scorer);
+        async move { score(&scorer, &group).await }
+    });
+    waits_for(tokens).await;
+    assert!(
+        !scorer.has_room(),
+        "{tokens} tokens wait, admit_tokens {tokens}"
+    );
+    assert!(scoring.await.unwrap()[0].is_ok());
+    assert_eq!(model.stats().waiting_tokens, 0);
+    assert!(scorer.has_room());
+
+    // Abandoned before its batch: its tokens leave with it.
+    let group = vec![candidate("b", &text, None)];
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), score(&scorer, &group)).await;
+    assert!(gave_up.is_err());
+    assert!(!scorer.has_room());
+    waits_for(0).await;
+    assert!(scorer.has_room());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_refuses_past_queue_capacity() {
     let set = load(vec![ModelConfig {

@@ -37,6 +37,13 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
 }
 
+/// How often a worker whose scorers have no room looks again (they free room as batches start
+/// and judgements end, on threads of their own).
+const ROOM_POLL: Duration = Duration::from_millis(2);
+
+/// The most jobs one pull asks the queue for.
+const PULL_BATCH: usize = 16;
+
 /// What a worker has done, readable while it runs.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -150,8 +157,23 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            // Room for this job and every other slot free now: the source fetches no more.
-            let room = slots.available_permits() + 1;
+            // Admission by what the scorers can take: while a model's batcher or a judge's queue
+            // is full, another job would only wait in it (and its ack timer would run), so wait
+            // for room instead. With nothing in flight here, take one anyway: the queue that is
+            // full is someone else's (another worker in this process) and will drain.
+            while !running.is_empty() && !self.pipeline.has_room() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = running.join_next() => {}
+                    () = tokio::time::sleep(ROOM_POLL) => {}
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // Room for this job and every other slot free now, and no more than one pull's
+            // worth: the source fetches no more, so no job waits here while its ack timer runs.
+            let room = (slots.available_permits() + 1).min(PULL_BATCH);
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
                 d = source.next(room) => d,
@@ -170,6 +192,9 @@ impl Worker {
                         ctx.process(delivery).await;
                         drop(slot);
                     });
+                    // Let the job reach its scorers (a model counts its tokens on the first poll)
+                    // before asking them for room again.
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -496,6 +521,97 @@ mod tests {
             retry_delay: Duration::from_millis(10),
             drain_timeout: Duration::from_secs(5),
             ..WorkerConfig::default()
+        }
+    }
+
+    /// Holds every group until the test lets one go; has room while fewer than `room` are held.
+    struct Held {
+        held: AtomicUsize,
+        peak: AtomicUsize,
+        room: usize,
+        release: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl Scorer for Held {
+        async fn score(&self, _: &ScoreContext, group: &[Candidate]) -> Vec<Outcome> {
+            let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            self.release.acquire().await.expect("open").forget();
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            group.iter().map(|_| Ok(Score::new(1.0))).collect()
+        }
+
+        fn has_room(&self) -> bool {
+            self.held.load(Ordering::SeqCst) < self.room
+        }
+    }
+
+    /// Admission follows the scorers' room, not the job count: with room for 3 a worker holds 3
+    /// of 20 queued jobs (4: one may be on its way to the scorer as it fills) although it may
+    /// hold 256; a scorer with room without end gets all 20.
+    #[tokio::test]
+    async fn a_worker_takes_jobs_while_its_scorers_have_room() {
+        for (room, want) in [(3, 3), (usize::MAX, 20usize)] {
+            let scorer = Arc::new(Held {
+                held: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                room,
+                release: tokio::sync::Semaphore::new(0),
+            });
+            let profile = Profile {
+                name: "p".into(),
+                components: vec![Component {
+                    name: "held".into(),
+                    kind: ComponentKind::Rule,
+                    weight: 1.0,
+                    gate: None,
+                    scorer: Arc::clone(&scorer) as Arc<dyn Scorer>,
+                    fallback: None,
+                }],
+                normalize: NormalizeKind::None,
+                clip: (0.0, 1.0),
+                on_component_failure: OnFailure::Fail,
+                floor: 0.0,
+            };
+            let pipeline = Pipeline::new(HashMap::from([("p".to_owned(), Arc::new(profile))]));
+            let cfg = WorkerConfig::default();
+            assert_eq!(cfg.max_concurrent_jobs, 256);
+            let queue = Arc::new(InProcessQueue::new(&cfg, 64));
+            let mut events = queue.results("s").await.expect("subscribe");
+            for n in 0..20 {
+                queue.publish_job(&job(n, "x")).await.expect("publish");
+            }
+            let worker = Worker::new(queue, pipeline, cfg, "w");
+            let stop = CancellationToken::new();
+            let running = tokio::spawn(worker.run(stop.clone()));
+            // Until the scorer holds what it has room for, and a while more.
+            while scorer.held.load(Ordering::SeqCst) < want {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let peak = scorer.peak.load(Ordering::SeqCst);
+            assert!(
+                (want..=want + 1).contains(&peak),
+                "room {room}: peak {peak}"
+            );
+            scorer.release.add_permits(20);
+            let mut results = 0;
+            while results < 20 {
+                let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+                    .await
+                    .expect("a result within 10 s");
+                if let Some(Ok(SessionEvent::Result(..))) = event {
+                    results += 1;
+                }
+            }
+            assert_eq!(
+                scorer.peak.load(Ordering::SeqCst),
+                peak,
+                "nothing more once full"
+            );
+            stop.cancel();
+            running.await.expect("worker task").expect("worker");
         }
     }
 

@@ -222,7 +222,11 @@ impl Default for GatewayConfig {
 pub struct WorkerConfig {
     /// The pool this worker pulls from (`<prefix>.jobs.<pool>`); one durable consumer per pool.
     pub pool: String,
-    /// Jobs scored at once by this worker: admission, not buffering.
+    /// Jobs one worker holds at once, at most: a bound on its memory and on the jobs whose ack
+    /// timers run while they wait. Within it, a worker takes another job only while every scorer
+    /// has room for more work (a model: `admit_tokens` waiting for a batch; a judge: as many
+    /// judgements waiting as it may have in flight), so admission follows the scorers' capacity
+    /// in tokens and judgements, not a count of jobs.
     pub max_concurrent_jobs: usize,
     /// Unacknowledged jobs across all workers of the pool (JetStream `max_ack_pending`).
     pub max_ack_pending: i64,
@@ -249,7 +253,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             pool: "default".into(),
-            max_concurrent_jobs: 16,
+            max_concurrent_jobs: 256,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,

@@ -50,8 +50,18 @@ pub struct ModelConfig {
     pub replicas: usize,
     /// Requests waiting for a batch, at most; more are refused (admission, not buffering).
     pub queue_capacity: usize,
+    /// Tokens waiting for a batch below which workers take more jobs for this model; 0: two
+    /// full batches per replica ([`ModelConfig::admit_token_budget`]). Enough that a full batch
+    /// is ready whenever a replica is, and no more: past it, jobs wait in the queue, where any
+    /// worker may take them.
+    pub admit_tokens: usize,
     /// Feed `token_type_ids` (zeros) as a third input, for BERT-style models traced with it.
     pub token_type_ids: bool,
+    /// Whether the tokenizer adds its special tokens (its post-processor: BOS, `[CLS]`/`[SEP]`, …)
+    /// around each text. `false` for texts that already hold them, as OpenRLHF's queries do (the
+    /// chat template and BOS written as text; its reward server tokenizes with
+    /// `add_special_tokens=False`).
+    pub add_special_tokens: bool,
 }
 
 impl Default for ModelConfig {
@@ -73,7 +83,9 @@ impl Default for ModelConfig {
             threads: 0,
             replicas: 1,
             queue_capacity: 4096,
+            admit_tokens: 0,
             token_type_ids: false,
+            add_special_tokens: true,
         }
     }
 }
@@ -248,6 +260,15 @@ impl ModelConfig {
             GPU_BATCH_TOKENS
         };
         by_device.max(self.max_length)
+    }
+
+    /// Tokens waiting for a batch below which workers take more jobs: `admit_tokens`, or
+    /// when 0, two batches' budget ([`ModelConfig::batch_token_budget`]) per replica.
+    pub fn admit_token_budget(&self) -> usize {
+        if self.admit_tokens != 0 {
+            return self.admit_tokens;
+        }
+        2 * self.batch_token_budget() * self.replicas.max(1)
     }
 }
 

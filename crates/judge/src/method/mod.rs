@@ -490,6 +490,10 @@ impl Scorer for JudgeScorer {
         }
         outcomes
     }
+
+    fn has_room(&self) -> bool {
+        self.judges.iter().all(|j| j.limits.has_room())
+    }
 }
 
 #[cfg(test)]
