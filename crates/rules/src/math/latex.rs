@@ -146,6 +146,26 @@ fn text_commands(s: &str, mode: TextGroups) -> String {
     out
 }
 
+/// Commands whose group at the end of an answer is a unit.
+const UNIT_COMMANDS: &[&str] = &["text", "textrm", "mbox"];
+
+/// The answer without its trailing unit, when something comes before the unit:
+/// `2\sqrt{2}\text{ dollars}` → `2\sqrt{2}`; `\text{(B)}` has none.
+pub(crate) fn without_unit(answer: &str) -> Option<&str> {
+    let answer = answer.trim_end().trim_end_matches('.').trim_end();
+    let close = answer
+        .len()
+        .checked_sub(1)
+        .filter(|_| answer.ends_with('}'))?;
+    let open = brace_pairs(answer)
+        .into_iter()
+        .find_map(|(open, end)| (end == close).then_some(open))?;
+    let before = UNIT_COMMANDS
+        .iter()
+        .find_map(|name| answer[..open].strip_suffix(name)?.strip_suffix('\\'))?;
+    (!before.trim().is_empty()).then_some(before)
+}
+
 /// `\frac12` → `\frac{1}{2}`: a command's single-character arguments get braces.
 ///
 /// Linear in the length of `s`: braces are paired once, up front.
@@ -257,6 +277,23 @@ mod tests {
             "5+1"
         );
         assert_eq!(normalize(r"\mathrm{kg}", TextGroups::Drop), "");
+    }
+
+    #[test]
+    fn trailing_units() {
+        assert_eq!(
+            without_unit(r"2\sqrt{2}\text{ dollars}"),
+            Some(r"2\sqrt{2}")
+        );
+        assert_eq!(without_unit(r"x+1 \mbox{cm}."), Some("x+1 "));
+        assert_eq!(without_unit(r"5\textrm{ {m}^2}"), Some("5"));
+        assert_eq!(without_unit(r"\text{(B)}"), None, "nothing before");
+        assert_eq!(without_unit(r"x\text{ and }y"), None, "not at the end");
+        assert_eq!(without_unit(r"\frac{1}{2}"), None);
+        assert_eq!(without_unit(r"2\textbf{x}"), None);
+        for s in ["", "}", "{}", "\\}", r"\text}"] {
+            assert_eq!(without_unit(s), None, "{s}");
+        }
     }
 
     #[test]

@@ -3,19 +3,23 @@
 //! | parameter | type | default | meaning |
 //! |---|---|---|---|
 //! | `tolerance` | number ≥ 0 | `1e-6` | relative tolerance, used when either answer is written as a decimal |
-//! | `require_boxed` | bool | `false` | only a `\boxed{…}` answer counts (no fallback to the last number) |
+//! | `require_boxed` | bool | `false` | only a `\boxed{…}` answer counts (no fallback to inline math or the last number) |
 //!
 //! **The answer** of a response is the content of its last complete `\boxed{…}` (braces nest;
-//! `\fbox{…}` and `\boxed 5` count too); without one, the last number in the text (`-3`,
-//! `1,000`, `2.5`, `3/4`, `\frac{3}{4}`, `12%`). **The reference** is its own last `\boxed{…}`
-//! if it has one, else what follows its last `####` (GSM8K's solutions end `#### 72`), else the
-//! whole reference.
+//! `\fbox{…}` and `\boxed 5` count too). Without one, it is the last inline math (`$…$`,
+//! `$$…$$`, `\(…\)`) when no number follows it, else the last number in the text (`-3`,
+//! `1,000`, `16{,}842`, `2.5`, `3/4`, `-\frac{3}{4}`, `12%`); when the last number lies inside
+//! that inline math (`$2 + 3 = 5$`), both are tried. **The reference** is its own last
+//! `\boxed{…}` if it has one, else what follows its last `####` (GSM8K's solutions end
+//! `#### 72`), else the whole reference.
 //!
 //! Both are normalised (`\dfrac`/`\tfrac` → `\frac`, `\frac12` → `\frac{1}{2}`, `$`, `\left`,
 //! `\right`, spacing, `\text{…}` wrappers, degree signs, whitespace and trailing periods dropped,
 //! `x = 5` → `5`) and then compared:
 //!
-//! 1. equal normalised text is a match (`x+1`, `\frac{\sqrt{3}}{2}`, `(1,2)`);
+//! 1. equal normalised text is a match (`x+1`, `\frac{\sqrt{3}}{2}`, `(1,2)`), also once a
+//!    trailing unit (`\text{…}`, `\textrm{…}`, `\mbox{…}`) is dropped from either side
+//!    (`2\sqrt{2}\text{ dollars}` = `2\sqrt{2}`);
 //! 2. otherwise both are read as numbers: integers, decimals (thousands separators, exponents),
 //!    fractions (`a/b`, `\frac{a}{b}`, signed), percentages, with units in `\text{…}` ignored.
 //!    Integers and fractions compare exactly (`2/4` = `\frac{1}{2}`); when either side is
@@ -69,14 +73,25 @@ impl MathAnswer {
         })
     }
 
-    fn final_answer<'a>(&self, response: &'a str) -> Option<&'a str> {
-        extract::last_boxed(response).or_else(|| {
-            if self.require_boxed {
-                None
-            } else {
-                extract::last_number(response)
+    /// The final answers of a response, tried in order (see the module docs).
+    fn final_answers<'a>(&self, response: &'a str) -> Vec<&'a str> {
+        if let Some(boxed) = extract::last_boxed(response) {
+            return vec![boxed];
+        }
+        if self.require_boxed {
+            return Vec::new();
+        }
+        let number = extract::last_number(response);
+        match extract::last_inline_math(response) {
+            Some(math) if number.is_none_or(|(at, _)| at < math.end) => {
+                let inside = number.filter(|&(at, _)| at >= math.start);
+                [Some(math.content), inside.map(|(_, number)| number)]
+                    .into_iter()
+                    .flatten()
+                    .collect()
             }
-        })
+            _ => number.map(|(_, number)| number).into_iter().collect(),
+        }
     }
 }
 
@@ -93,31 +108,47 @@ impl Rule for MathAnswer {
                 ),
             ));
         }
-        let Some(answer) = self.final_answer(&candidate.response) else {
+        let answers = self.final_answers(&candidate.response);
+        if answers.is_empty() {
             return Ok(Score::new(0.0).with_flag("no_answer"));
-        };
-        let answer = Answer::read(answer);
-        Ok(Score::pass_fail(answer.matches(&reference, self.tolerance)))
+        }
+        Ok(Score::pass_fail(answers.into_iter().any(|answer| {
+            Answer::read(answer).matches(&reference, self.tolerance)
+        })))
     }
 }
 
-/// An answer in normal form, and its number when it is one.
+/// An answer in normal form, without its trailing unit when it has one, and its number when it
+/// is one.
 #[derive(Debug)]
 struct Answer {
     text: String,
+    without_unit: Option<String>,
     number: Option<number::Number>,
 }
 
 impl Answer {
     fn read(raw: &str) -> Self {
         let text = latex::normalize(raw, TextGroups::Unwrap);
+        let without_unit = latex::without_unit(raw)
+            .map(|rest| latex::normalize(rest, TextGroups::Unwrap))
+            .filter(|rest| !rest.is_empty());
         let number = number::parse(&text)
             .or_else(|| number::parse(&latex::normalize(raw, TextGroups::Drop)));
-        Self { text, number }
+        Self {
+            text,
+            without_unit,
+            number,
+        }
+    }
+
+    /// The normal forms compared as text: with and without the unit.
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.text.as_str()).chain(self.without_unit.as_deref())
     }
 
     fn matches(&self, reference: &Self, tolerance: f64) -> bool {
-        if self.text == reference.text {
+        if self.texts().any(|a| reference.texts().any(|b| a == b)) {
             return true;
         }
         match (&self.number, &reference.number) {
@@ -199,6 +230,68 @@ mod tests {
         assert!(passes(r"\boxed{\frac{-3}{4}}", "-3/4"));
         assert!(!passes("x-3", "-3"), "a hyphen is no sign");
         assert!(!passes(r"\boxed{3}", "-3"));
+    }
+
+    #[test]
+    fn negative_fractions_without_a_box() {
+        assert!(passes(r"So the answer is -\frac{5}{6}.", r"-\frac{5}{6}"));
+        assert!(passes(r"The answer is $-\dfrac{1}{7}$.", r"-\frac{1}{7}"));
+        assert!(
+            passes(r"\boxed{-\frac{5}{6}", r"-\frac{5}{6}"),
+            "box cut off"
+        );
+        assert!(!passes(r"So the answer is -\frac{5}{6}.", r"\frac{5}{6}"));
+        assert!(!passes(r"\boxed{-\frac{5}{6}", r"\frac{5}{6}"));
+        assert!(
+            !passes(r"so 1-\frac{5}{6}", r"-\frac{5}{6}"),
+            "a difference"
+        );
+    }
+
+    #[test]
+    fn latex_thousands_separators_without_a_box() {
+        assert!(passes(r"The answer is $16{,}842$.", "16842"));
+        assert!(passes(r"The answer is 16{,}842.", "16842"));
+        assert!(!passes(r"The answer is $16{,}842$.", "16843"));
+        assert!(!passes(r"The answer is $16{,}842$.", "842"));
+    }
+
+    #[test]
+    fn the_last_inline_math_is_the_answer() {
+        assert!(passes(r"The answer is $3\sqrt{7}$.", r"3\sqrt{7}"));
+        assert!(passes(r"The answer is \(3\sqrt{7}\).", r"3\sqrt{7}"));
+        assert!(passes(r"We get $$x + 1$$", "x+1"));
+        assert!(!passes(r"The answer is $3\sqrt{7}$.", r"3\sqrt{5}"));
+        assert!(
+            passes(r"Since $2 + 3 = 5$", "5"),
+            "the last number inside it is tried too"
+        );
+        assert!(
+            !passes(r"We had 5 apples, so the answer is $x + 1$.", "5"),
+            "a number before the inline math is not the answer"
+        );
+        assert!(
+            passes(r"First $x = 2$, then x doubles to 4", "4"),
+            "a number after the inline math is"
+        );
+        assert!(!passes(r"First $x = 2$, then x doubles to 4", "2"));
+        assert!(
+            passes(r"It costs \$5, and $3 more", "3"),
+            "a price is no delimiter"
+        );
+        assert!(passes(r"$x = -\frac{1}{2}$", "-0.5"));
+    }
+
+    #[test]
+    fn units_are_dropped_from_any_answer() {
+        assert!(passes(r"\boxed{2\sqrt{2}\text{ dollars}}", r"2\sqrt{2}"));
+        assert!(passes(r"\boxed{\pi \mbox{ m}}", r"\pi"));
+        assert!(passes(r"The area is $4\pi\text{ cm}$.", r"4\pi"));
+        assert!(!passes(r"\boxed{2\sqrt{3}\text{ dollars}}", r"2\sqrt{2}"));
+        assert!(
+            !passes(r"\boxed{x\text{ and }y}", "x"),
+            "not a trailing unit"
+        );
     }
 
     #[test]
