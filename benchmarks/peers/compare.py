@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Posts the same 200 queries to a `/get_reward` endpoint in OpenRLHF's request shape (batches
 of 8) and prints the rewards; given a file of another server's rewards, prints the differences
-and fails beyond the bf16 tolerance of make_models.py's check.
+and fails beyond a bf16 tolerance (3 % of the largest reward).
 
     compare.py URL TOKENIZER_JSON [OTHER_REWARDS.json]
 """
@@ -46,7 +46,10 @@ def main():
     theirs = json.load(open(other))["rewards"]
     diffs = [abs(a - b) for a, b in zip(mine, theirs)]
     scale = max(abs(b) for b in theirs)
-    tolerance = max(0.02 * scale, 1e-2)
+    # Both servers answer in bf16 (spacing 2^-7 ≈ 0.008 between 1 and 2), from batches of other
+    # shapes and paddings through every layer: 3 % of the largest reward is about 4 steps of
+    # bf16 there, while a tokenization that differs (a second BOS) moves rewards by 20 % or more.
+    tolerance = max(0.03 * scale, 1e-2)
     summary = {"queries": len(diffs), "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
                "max_abs_reward": scale, "tolerance": tolerance, "ok": max(diffs) <= tolerance}
     json.dump(summary, sys.stdout)

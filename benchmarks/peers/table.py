@@ -7,12 +7,14 @@ import sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 key = lambda r: (r["size"], r["dtype"], r["traffic"])  # noqa: E731
 peer = {key(r): r for r in rows if r["server"] == "serve_rm"}
-print("| model | dtype | traffic | server (client) | candidates/s | steady cand/s | p50 ms | p99 ms | errors | × serve_rm (cand/s) |")
+# The ratio is of the steady-state figure (answers inside the window) where both rows have it.
+rate = lambda r: r.get("steady_candidates_per_s") or r["candidates_per_s"]  # noqa: E731
+print("| model | dtype | traffic | server (client) | candidates/s | steady cand/s | p50 ms | p99 ms | errors | × serve_rm (steady) |")
 print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     p = r["latency_ms"]["candidate"]
     base = peer.get(key(r))
-    ratio = f"{r['candidates_per_s'] / base['candidates_per_s']:.2f}×" if base and base["candidates_per_s"] else "n/a"
+    ratio = f"{rate(r) / rate(base):.2f}×" if base and rate(base) else "n/a"
     if r["server"] == "serve_rm":
         ratio = "1.00×"
     client = "OpenRLHF HTTP" if r["server"] == "serve_rm" else ("/get_reward" if r["via"] == "http" else "gRPC Score")
