@@ -104,8 +104,12 @@ async fn three_models_give_pairs_ratings_and_a_matrix() {
     assert!((mean - 1000.0).abs() < 1e-6, "{mean}");
     let m = &report["matrix"];
     assert_eq!(m[1][0].as_f64().unwrap(), 6.5 / 8.0);
-    // Both orders of every pair of every prompt: 3 pairs × 8 prompts × 2.
-    assert_eq!(judge.calls(), 48);
+    // Both orders of every pair of every prompt: 3 pairs × 8 prompts × 2, less what the verdict
+    // cache answered. On prompt 3 baseline and tuned gave the same response, so three of its
+    // judgements repeat another (baseline–tuned in the other order, and tuned–verbose both ways
+    // as baseline–verbose): each is asked of the judge only if it starts before its twin ends.
+    let calls = judge.calls();
+    assert!((45..=48).contains(&calls), "{calls} judge calls");
 
     // A second run (a new process: the judge is asked again) reports the same, seed included.
     let again = json(&arena(&config, &["--json", "--seed", "3"], &files));
