@@ -363,9 +363,32 @@ impl JetStreamQueue {
         })
     }
 
+    /// Publishes a job's result (`Nats-Msg-Id: r.<job_id>`); returns whether the job already
+    /// had one (see [`JetStreamQueue::publish`]: the server kept the first, this one is dropped).
+    async fn publish_job_result(&self, result: &JobResult) -> Result<bool, QueueError> {
+        check_msg_id("job_id", &result.job_id)?;
+        let subject = self.results_subject(&result.session_id);
+        let pattern = format!("{}.results", self.prefix);
+        let span = publish_span(&pattern, &subject, &result.job_id);
+        let headers = traced_headers(&span);
+        self.publish(
+            "result",
+            subject,
+            headers,
+            format!("r.{}", result.job_id),
+            result.encode_to_vec().into(),
+        )
+        .instrument(span)
+        .await
+    }
+
     /// Publishes with `Nats-Msg-Id: msg_id` and waits for the stream's ack. If the connection
     /// is re-established meanwhile, the message may have been lost with the old connection: it
     /// is published again, which the server's dedup makes harmless.
+    ///
+    /// Returns whether the stream already held a message with this id (within
+    /// `duplicate_window`) before this call; false when that cannot be told (published again
+    /// after a reconnect: the duplicate may be this call's own first attempt).
     async fn publish(
         &self,
         what: &str,
@@ -373,11 +396,12 @@ impl JetStreamQueue {
         mut headers: HeaderMap,
         msg_id: String,
         payload: Bytes,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         headers.insert(NATS_MESSAGE_ID, msg_id.as_str());
         let mut connected = self.connected.clone();
         connected.mark_unchanged();
         let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut first_attempt = true;
         loop {
             let ack = self
                 .js
@@ -390,10 +414,11 @@ impl JetStreamQueue {
                     if ack.duplicate {
                         tracing::debug!(what, msg_id, "duplicate publish ignored by the server");
                     }
-                    return Ok(());
+                    return Ok(ack.duplicate && first_attempt);
                 }
                 Ok(()) = connected.changed() => {
                     tracing::debug!(what, msg_id, "reconnected while awaiting the publish ack; publishing again");
+                    first_attempt = false;
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(QueueError::unavailable(format!(
@@ -422,6 +447,7 @@ impl Queue for JetStreamQueue {
         )
         .instrument(span)
         .await
+        .map(drop)
     }
 
     async fn record_accepted(&self, entry: &JobAccepted) -> Result<(), QueueError> {
@@ -436,23 +462,11 @@ impl Queue for JetStreamQueue {
             entry.encode_to_vec().into(),
         )
         .await
+        .map(drop)
     }
 
     async fn publish_result(&self, result: &JobResult) -> Result<(), QueueError> {
-        check_msg_id("job_id", &result.job_id)?;
-        let subject = self.results_subject(&result.session_id);
-        let pattern = format!("{}.results", self.prefix);
-        let span = publish_span(&pattern, &subject, &result.job_id);
-        let headers = traced_headers(&span);
-        self.publish(
-            "result",
-            subject,
-            headers,
-            format!("r.{}", result.job_id),
-            result.encode_to_vec().into(),
-        )
-        .instrument(span)
-        .await
+        self.publish_job_result(result).await.map(drop)
     }
 
     async fn results(&self, session_id: &str) -> Result<ResultStream, QueueError> {

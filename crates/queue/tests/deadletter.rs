@@ -51,8 +51,9 @@ fn job(name: &str, candidates: usize) -> Job {
 }
 
 /// A worker of pool `default` that "crashes" (drops the delivery: no ack, no nak) on every job
-/// whose id contains `crash`, and scores the others properly (result, then ack). It keeps
-/// pulling, as a fleet's restarted workers would. Returns the number of crashes.
+/// whose id contains `crash`, after publishing its result when the id also contains `scored`,
+/// and scores the others properly (result, then ack). It keeps pulling, as a fleet's restarted
+/// workers would. Returns the number of crashes.
 fn crashing_worker(
     queue: JetStreamQueue,
     stop: CancellationToken,
@@ -74,7 +75,8 @@ fn crashing_worker(
                 }
                 None => return,
             };
-            if delivery.job.job_id.contains("crash") {
+            let crash = delivery.job.job_id.contains("crash");
+            if crash && !delivery.job.job_id.contains("scored") {
                 counted.fetch_add(1, Ordering::SeqCst);
                 drop(delivery);
                 continue;
@@ -97,6 +99,11 @@ fn crashing_worker(
                 judge_tokens: 0,
             };
             queue.publish_result(&result).await.expect("publish result");
+            if crash {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(delivery);
+                continue;
+            }
             delivery.acker.ack().await.expect("ack");
         }
     });
@@ -264,6 +271,65 @@ async fn the_sweep_finds_a_dead_job_whose_advisory_nobody_heard() {
         "nothing twice"
     );
     assert_eq!(crashes.load(Ordering::SeqCst), 2);
+
+    stop.cancel();
+    worker_task.await.expect("worker");
+}
+
+/// A job whose worker published its result and stopped before the ack, on every delivery, is
+/// deleted by the sweep without FAILED rewards and without counting as dead-lettered: the
+/// trainer already had its rewards (the chaos run found such jobs after a server restart).
+#[tokio::test]
+async fn a_dead_job_that_already_had_its_result_is_deleted_not_dead_lettered() {
+    let server = NatsServer::start().await.expect("nats-server");
+    let gateway = connect(&server).await;
+    let worker = connect(&server).await;
+    let mut results = gateway.results(SESSION).await.expect("results");
+
+    let scored = job("scored-crash", 2);
+    let dead = job("crash", 1);
+    gateway.publish_job(&scored).await.expect("publish");
+    gateway.publish_job(&dead).await.expect("publish");
+    let stop = CancellationToken::new();
+    let (worker_task, crashes) = crashing_worker(worker.clone(), stop.clone());
+    timeout(Duration::from_secs(15), async {
+        while crashes.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("two deliveries of each");
+    let got = results_for(&mut results, &[&scored.job_id]).await;
+    assert_eq!(got[&scored.job_id].worker, "test-worker");
+    // Past the last ack_wait the server gives up on both; a later job is scored and acked.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fine = job("fine", 1);
+    gateway.publish_job(&fine).await.expect("publish");
+    results_for(&mut results, &[&fine.job_id]).await;
+    assert_eq!(
+        jobs_on(&gateway, "rf.jobs.default.>").await,
+        vec![scored.clone(), dead.clone()]
+    );
+
+    assert_eq!(
+        gateway.sweep_dead_letters().await.expect("sweep"),
+        1,
+        "only the job without a result is dead-lettered"
+    );
+    let got = results_for(&mut results, &[&dead.job_id]).await;
+    assert_dead_lettered(&got[&dead.job_id], &dead);
+    assert!(jobs_on(&gateway, "rf.jobs.default.>").await.is_empty());
+    // The scored job's FAILED result was dropped by the results stream: a fresh reader of the
+    // session sees its one result, the worker's.
+    let mut again = gateway.results(SESSION).await.expect("results");
+    let all = results_for(&mut again, &[&scored.job_id, &dead.job_id, &fine.job_id]).await;
+    assert_eq!(all[&scored.job_id].worker, "test-worker");
+    assert!(
+        all[&scored.job_id]
+            .rewards
+            .iter()
+            .all(|r| r.status == RewardStatus::Ok as i32)
+    );
 
     stop.cancel();
     worker_task.await.expect("worker");

@@ -10,7 +10,10 @@
 //! [`JetStreamQueue::watch_dead_letters`] closes that gap. For each such job it reads the job
 //! from the stream, publishes a [`JobResult`] whose rewards are all FAILED through the normal
 //! result path (message id `r.<job_id>`, so a late worker's result, or another gateway's
-//! watcher, is a harmless duplicate), then deletes the job from the stream.
+//! watcher, is a harmless duplicate), then deletes the job from the stream. A job that already
+//! had its result (its worker published it and stopped before the ack, or a server restart kept
+//! a job acknowledged just before it) is only deleted: the results stream drops the FAILED one
+//! as a duplicate, and it is not counted as dead-lettered.
 //!
 //! Advisories are not persisted: one fired while no watcher listened is lost. The watcher
 //! therefore also *sweeps* at start-up, after every reconnect and every `ack_wait`: a job still
@@ -32,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{JetStreamQueue, unavailable};
-use crate::{DEAD_LETTER_WORKER, Queue, QueueError};
+use crate::{DEAD_LETTER_WORKER, QueueError};
 
 /// Pause before subscribing again when the subscription could not be made.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -53,8 +56,11 @@ struct MaxDeliveriesAdvisory {
 enum Burial {
     /// FAILED result published, job deleted.
     Buried,
-    /// The job was no longer in the stream (a late worker acked it, another watcher got it).
-    Gone,
+    /// The job already had its result (a worker published it and then stopped before its ack,
+    /// or acknowledged it just before a server restart that kept the job, or another watcher
+    /// buried it first): the FAILED one was dropped by the results stream's dedup, and the job
+    /// deleted. Not given up here: not counted.
+    Scored,
     /// Not one of this queue's jobs: left alone.
     Foreign,
 }
@@ -209,6 +215,9 @@ impl JetStreamQueue {
                 continue;
             }
             let deliveries = consumer.config.max_deliver.max(1).unsigned_abs();
+            // Every dead job is read before any is deleted: deleting one makes the server drop
+            // the others below the ack floor from the work-queue stream (nats-server 2.9).
+            let mut dead = Vec::new();
             let mut next = 1;
             while next <= floor {
                 let message = match jobs.get_first_raw_message_by_subject(subject, next).await {
@@ -218,6 +227,9 @@ impl JetStreamQueue {
                     Err(e) => return Err(unavailable("read dead jobs", e)),
                 };
                 next = message.sequence + 1;
+                dead.push(message);
+            }
+            for message in dead {
                 if self.bury(jobs, message, deliveries).await? == Burial::Buried {
                     buried += 1;
                 }
@@ -252,6 +264,7 @@ impl JetStreamQueue {
             .nth(2)
             .unwrap_or_default()
             .to_owned();
+        let mut burial = Burial::Buried;
         match Job::decode(message.payload) {
             Ok(job) => {
                 let error = crate::given_up_error(deliveries);
@@ -259,22 +272,33 @@ impl JetStreamQueue {
                 // The FAILED rewards continue the job's trace.
                 let span = tracing::info_span!("dead-letter", job_id = %job.job_id, deliveries);
                 super::trace_context(Some(&message.headers)).set_parent_of(&span);
-                self.publish_result(&result)
+                let had_result = self
+                    .publish_job_result(&result)
                     .instrument(span.clone())
                     .await?;
-                if let Some(m) = rewardfleet_telemetry::metrics() {
-                    m.jobs_dead_lettered
-                        .add(1, &[rewardfleet_telemetry::metrics::label("pool", pool)]);
+                if had_result {
+                    tracing::info!(
+                        seq,
+                        job = job.job_id,
+                        session = job.session_id,
+                        "job left in the stream already has its result; deleted, not dead-lettered"
+                    );
+                    burial = Burial::Scored;
+                } else {
+                    if let Some(m) = rewardfleet_telemetry::metrics() {
+                        m.jobs_dead_lettered
+                            .add(1, &[rewardfleet_telemetry::metrics::label("pool", pool)]);
+                    }
+                    tracing::warn!(
+                        seq,
+                        job = job.job_id,
+                        session = job.session_id,
+                        deliveries,
+                        candidates = job.candidates.len(),
+                        trace_id = rewardfleet_telemetry::trace_id(&span).as_deref(),
+                        "job given up after max_deliver: FAILED rewards published"
+                    );
                 }
-                tracing::warn!(
-                    seq,
-                    job = job.job_id,
-                    session = job.session_id,
-                    deliveries,
-                    candidates = job.candidates.len(),
-                    trace_id = rewardfleet_telemetry::trace_id(&span).as_deref(),
-                    "job given up after max_deliver: FAILED rewards published"
-                );
             }
             Err(e) => {
                 // No worker can take it either (they terminate such jobs): do not keep it.
@@ -282,15 +306,16 @@ impl JetStreamQueue {
             }
         }
         match jobs.delete_message(seq).await {
-            Ok(_) => Ok(Burial::Buried),
-            // Deleted meanwhile (a late worker's ack, another gateway's watcher).
+            Ok(_) => Ok(burial),
+            // Deleted meanwhile (a late worker's ack, another gateway's watcher, the server
+            // dropping it with another dead job): its result is published all the same.
             Err(_)
                 if matches!(
                     jobs.get_raw_message(seq).await,
                     Err(ref e) if e.kind() == RawMessageErrorKind::NoMessageFound
                 ) =>
             {
-                Ok(Burial::Gone)
+                Ok(burial)
             }
             Err(e) => Err(unavailable("delete dead job", e)),
         }
