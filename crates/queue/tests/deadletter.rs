@@ -110,6 +110,37 @@ fn crashing_worker(
     (task, crashes)
 }
 
+/// Waits for `crashes` deliveries to end in a crash, then past the last `ack_wait`, when the
+/// server has given up on them; then has a later job scored and acknowledged, so that the ack
+/// floor passes the dead ones. Returns that job once it is acknowledged.
+async fn past_the_last_delivery(
+    gateway: &JetStreamQueue,
+    results: &mut ResultStream,
+    crashes: &AtomicU64,
+    deliveries: u64,
+) -> Job {
+    timeout(Duration::from_secs(15), async {
+        while crashes.load(Ordering::SeqCst) < deliveries {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{deliveries} crashed deliveries within 15 s"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fine = job("fine", 1);
+    gateway.publish_job(&fine).await.expect("publish");
+    results_for(results, &[&fine.job_id]).await;
+    // Its result comes before its ack: wait for the ack (the job leaves the work-queue stream).
+    timeout(Duration::from_secs(10), async {
+        while jobs_on(gateway, "rf.jobs.default.>").await.contains(&fine) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the later job acknowledged within 10 s");
+    fine
+}
+
 /// Reads results until every one of `job_ids` has one.
 async fn results_for(results: &mut ResultStream, job_ids: &[&str]) -> HashMap<String, JobResult> {
     let mut got = HashMap::new();
@@ -244,18 +275,7 @@ async fn the_sweep_finds_a_dead_job_whose_advisory_nobody_heard() {
     gateway.publish_job(&crash).await.expect("publish");
     let stop = CancellationToken::new();
     let (worker_task, crashes) = crashing_worker(worker.clone(), stop.clone());
-    timeout(Duration::from_secs(15), async {
-        while crashes.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("two deliveries");
-    // Past the last ack_wait the server gives up on it; a later job is then scored and acked.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let fine = job("fine", 1);
-    gateway.publish_job(&fine).await.expect("publish");
-    results_for(&mut results, &[&fine.job_id]).await;
+    past_the_last_delivery(&gateway, &mut results, &crashes, 2).await;
     assert_eq!(
         jobs_on(&gateway, "rf.jobs.default.>").await,
         vec![crash.clone()]
@@ -292,20 +312,7 @@ async fn a_dead_job_that_already_had_its_result_is_deleted_not_dead_lettered() {
     gateway.publish_job(&dead).await.expect("publish");
     let stop = CancellationToken::new();
     let (worker_task, crashes) = crashing_worker(worker.clone(), stop.clone());
-    timeout(Duration::from_secs(15), async {
-        while crashes.load(Ordering::SeqCst) < 4 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("two deliveries of each");
-    let got = results_for(&mut results, &[&scored.job_id]).await;
-    assert_eq!(got[&scored.job_id].worker, "test-worker");
-    // Past the last ack_wait the server gives up on both; a later job is scored and acked.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let fine = job("fine", 1);
-    gateway.publish_job(&fine).await.expect("publish");
-    results_for(&mut results, &[&fine.job_id]).await;
+    let fine = past_the_last_delivery(&gateway, &mut results, &crashes, 4).await;
     assert_eq!(
         jobs_on(&gateway, "rf.jobs.default.>").await,
         vec![scored.clone(), dead.clone()]
